@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""scratchvae command line:  python run.py [train|eval|gradcheck|bench] [options].
+
+    python run.py                       # train the default model on the bundled digits
+    python run.py --backend cupy        # the same on a GPU
+    python run.py gradcheck             # finite-difference check of every model's gradients
+    python run.py bench                 # ms per training step vs the GEMM floor (JSON)
+
+Run ``python run.py --help`` for the options.  The work happens in ``scratchvae.experiment``.
+"""
+import sys
+
+from scratchvae.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

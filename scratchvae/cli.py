@@ -1,0 +1,113 @@
+"""Floor 6: the command line, thin -- parse, build, call (``run.py`` calls :func:`main`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+COMMANDS = ("train", "eval", "gradcheck", "bench")
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
+    return v
+
+
+def _hidden(s):
+    try:
+        sizes = tuple(int(t) for t in s.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated integers like 256,256; got {s!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden needs at least one positive size; got {s!r}")
+    return sizes
+
+
+def build_parser():
+    from .experiment import MODELS
+
+    p = argparse.ArgumentParser(
+        prog="run.py", description="Variational autoencoders written by hand on NumPy / CuPy.")
+    p.add_argument("command", nargs="?", default="train", choices=COMMANDS,
+                   help="train (default), eval a checkpoint, gradcheck, or bench")
+    p.add_argument("--model", default="vae", choices=MODELS + ("all",),
+                   help="which model (default: vae)")
+    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "strict"))
+    p.add_argument("--dtype", default=None, choices=("float32", "float64"),
+                   help="float32 to train (default), float64 for gradcheck (its default)")
+    p.add_argument("--data", default="digits",
+                   help="digits (bundled, default), mnist, fashion-mnist, or a .npy/.npz path")
+    p.add_argument("--data-dir", default="data", help="folder with the IDX files (default: data)")
+    p.add_argument("--download", action="store_true",
+                   help="download missing MNIST / Fashion-MNIST files (SHA-256 checked)")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="use only the first N training examples (quick runs)")
+    p.add_argument("--epochs", type=_positive_int, default=60)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--latent-dim", type=_positive_int, default=10)
+    p.add_argument("--hidden", type=_hidden, default=(256, 256),
+                   help="hidden layer sizes of the encoder (decoder mirrors), e.g. 500,500,2000")
+    p.add_argument("--act", default="relu", choices=("relu", "tanh", "softplus"))
+    p.add_argument("--likelihood", default="bernoulli", choices=("bernoulli", "gaussian"))
+    p.add_argument("--posterior", default="diag", choices=("diag", "cholesky"),
+                   help="q(z|x) head: mean-field (diag) or full covariance (cholesky)")
+    p.add_argument("--samples", type=_positive_int, default=1,
+                   help="Monte Carlo samples L per example in the ELBO")
+    p.add_argument("--iwae-k", type=_positive_int, default=200,
+                   help="importance samples for the held-out log-likelihood bound")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="run folder (default runs/<model>-<timestamp>)")
+    p.add_argument("--resume", default=None,
+                   help="checkpoint .npz (or run folder) to continue training / to evaluate")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    # bench
+    p.add_argument("--bench-steps", type=_positive_int, default=20)
+    p.add_argument("--bench-batch", type=_positive_int, default=256)
+    return p
+
+
+def main(argv=None) -> int:
+    from .backend import BackendError
+    from .data import DataError
+    from .experiment import UsageError
+    from .train import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        from . import experiment as E
+
+        if args.command == "train":
+            res = E.main_train(args)
+            print(json.dumps({k: v for k, v in res.items() if not isinstance(v, (dict, list))},
+                             default=str))
+            return 0
+        if args.command == "eval":
+            res = E.main_eval(args)
+        elif args.command == "gradcheck":
+            res = E.main_gradcheck(args)
+            print(json.dumps(res["summary"]))
+            return 0 if res["ok"] else 1
+        else:
+            res = E.main_bench(args)
+        print(json.dumps(res, default=str))
+        return 0
+    except (UsageError, DataError, CheckpointError, BackendError, FloatingPointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

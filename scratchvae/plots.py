@@ -1,0 +1,111 @@
+"""Floor 5: figures (matplotlib, Agg backend, host NumPy arrays only).
+
+Every figure has a title, labelled axes where axes mean something, and is written atomically.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_fig(fig, path):
+    """Write a figure to ``path`` via a temporary file in the same folder (never half-written)."""
+    from .train import atomic_write
+
+    plt = _plt()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def training_curve(history, path, title, keys=("loss",), ylabel="nats per example"):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ep = [h["epoch"] for h in history]
+    for k in keys:
+        vals = [h[k] for h in history if k in h]
+        if vals:
+            ax.plot(ep[:len(vals)], vals, label=k)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_fig(fig, path)
+
+
+def _tile(images, image_shape, ncol):
+    images = np.asarray(images, dtype=np.float64)
+    n = images.shape[0]
+    if image_shape is None:
+        side = int(np.ceil(np.sqrt(images.shape[1])))
+        pad = np.zeros((n, side * side))
+        pad[:, :images.shape[1]] = images
+        images, image_shape = pad, (side, side)
+    h, w = image_shape
+    nrow = int(np.ceil(n / ncol))
+    canvas = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1))
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = \
+            images[i].reshape(h, w)
+    return canvas
+
+
+def image_grid(images, image_shape, path, title, ncol=10, row_labels=None):
+    """Tile (N, D) images in rows of ``ncol``; values clipped to [0, 1] for display."""
+    plt = _plt()
+    canvas = _tile(np.clip(images, 0, 1), image_shape, ncol)
+    fig, ax = plt.subplots(figsize=(0.6 * ncol + 1, 0.6 * canvas.shape[0] / (canvas.shape[1] / ncol) + 1))
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title)
+    ax.set_xticks([])
+    if row_labels is not None:
+        h = canvas.shape[0] / len(row_labels)
+        ax.set_yticks([h * (i + 0.5) for i in range(len(row_labels))])
+        ax.set_yticklabels(row_labels)
+    else:
+        ax.set_yticks([])
+    return save_fig(fig, path)
+
+
+def reconstructions(x, xr, image_shape, path, title, n=10):
+    """Row pairs: originals above, reconstructions below."""
+    n = min(n, x.shape[0])
+    ims = np.concatenate([x[:n], xr[:n]], axis=0)
+    return image_grid(ims, image_shape, path, title, ncol=n,
+                      row_labels=["data", "reconstruction"])
+
+
+def posterior_ellipses(mu, cov, path, title, labels=None, std=2.0):
+    """2-D posteriors N(mu_i, cov_i) drawn as their ``std``-sigma ellipses."""
+    from matplotlib.patches import Ellipse
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    cmap = plt.get_cmap("tab10")
+    for i in range(mu.shape[0]):
+        vals, vecs = np.linalg.eigh(cov[i])
+        vals = np.clip(vals, 0, None)
+        angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))
+        color = cmap(int(labels[i]) % 10) if labels is not None else cmap(i % 10)
+        ax.add_patch(Ellipse(mu[i], 2 * std * np.sqrt(vals[1]), 2 * std * np.sqrt(vals[0]),
+                             angle=angle, fill=False, color=color, lw=1.5))
+        ax.plot(*mu[i], "o", color=color, ms=3)
+    ax.autoscale_view()
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return save_fig(fig, path)
