@@ -80,11 +80,14 @@ def fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, history
             noise = model.sample_noise(b.rng(rng_tag, "step", step), xb.shape[0])
             loss, grads, aux = model.loss_and_grads(params, xb, noise)
             opt.step(params, grads, lr=lr)
+            if hasattr(model, "post_step"):   # non-gradient state (e.g. VQ codebook EMA)
+                model.post_step(params, aux, step)
             step += 1
             n_in_epoch += 1
             ep_loss = loss if ep_loss is None else ep_loss + loss
             for k, v in aux.items():
-                ep_aux[k] = v if k not in ep_aux else ep_aux[k] + v
+                if not k.startswith("_"):        # "_..." entries are tensors for post_step
+                    ep_aux[k] = v if k not in ep_aux else ep_aux[k] + v
             run_loss = loss if run_loss is None else run_loss + loss
             run_n += 1
             if bar is not None:
