@@ -173,3 +173,163 @@ def main_train(args) -> dict:
               "versions": versions(), **backend.describe(), "data": args.data, "seed": args.seed}
     write_json(os.path.join(out, "metrics.json"), record)
     return {"out": out, **res}
+
+
+# --------------------------------------------------------------------------- eval
+def main_eval(args) -> dict:
+    """Evaluate a checkpoint (``--resume``) on the held-out split of ``--data``."""
+    from . import metrics as M
+
+    if not args.resume:
+        raise UsageError("eval needs a checkpoint: pass --resume path/to/checkpoint.npz (or its run folder)")
+    ck = os.path.join(args.resume, "checkpoint.npz") if os.path.isdir(args.resume) else args.resume
+    params_h, _, info = load_checkpoint(ck)
+    meta = info.get("meta", {})
+    name, cfg = meta.get("model"), meta.get("model_config")
+    if name is None or cfg is None:
+        raise CheckpointError(f"{ck!r} has no model description; was it written by scratchvae?")
+    backend = make_backend(args)
+    ds = get_data(args, cfg.get("likelihood", "bernoulli"))
+    if cfg["D"] != ds.D:
+        raise CheckpointError(f"the checkpoint was trained on data with {cfg['D']} features but "
+                              f"{args.data!r} has {ds.D}; use the same data set")
+    model = build_model(name, cfg, backend)
+    params, _ = restore(model, params_h, {}, info, TrainConfig())
+    Xt = backend.asarray(ds.x_test)
+    return {"model": name, "checkpoint": ck, **M.iwae_metrics(model, params, Xt, k=args.iwae_k)}
+
+
+# --------------------------------------------------------------------------- gradcheck
+def gradcheck_models(backend, names=MODELS, rtol=1e-6, seed=0) -> list:
+    """Finite-difference check of every model's loss gradient on small random problems."""
+    from .gradcheck import check_grads
+
+    rows = []
+    for name in names:
+        for lik in ("bernoulli", "gaussian"):
+            cfg = {"D": 6, "latent_dim": 3, "hidden": [5, 4], "act": "tanh", "likelihood": lik,
+                   "n_samples": 2}
+            if name in ("vae", "fullcov"):
+                cfg["posterior"] = "cholesky" if name == "fullcov" else "diag"
+            model = build_model(name, cfg, backend)
+            rng = backend.rng("gradcheck", seed)
+            params = model.init_params(rng)
+            # the check must also see non-trivial prior / head parameters
+            x = rng.uniform((4, cfg["D"]))
+            noise = model.sample_noise(rng, 4)
+            _, grads, _ = model.loss_and_grads(params, x, noise)
+            r = check_grads(backend, lambda p: model.loss(p, x, noise), params, grads,
+                            full_max=40, name=f"{name}/{lik}")
+            rows.append({"model": name, "likelihood": lik, "max_rel_err": r.max_rel_err,
+                         "worst": r.worst, "checks": r.n_checks, "ok": r.ok(rtol)})
+    return rows
+
+
+def main_gradcheck(args) -> dict:
+    backend = make_backend(args, default_dtype="float64")
+    if backend.dtype_name != "float64":
+        raise UsageError("gradcheck runs in float64 (float32 differences cannot resolve 1e-6); "
+                         "drop --dtype or pass --dtype float64")
+    names = MODELS if args.model == "all" else (args.model,)
+    rows = gradcheck_models(backend, names)
+    for r in rows:
+        print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['model']:8s} {r['likelihood']:9s} "
+              f"max rel err {r['max_rel_err']:.2e} over {r['checks']} checks (worst {r['worst']})")
+    ok = all(r["ok"] for r in rows)
+    return {"ok": ok, "rows": rows,
+            "summary": {"gradcheck": "passed" if ok else "FAILED", "backend": backend.name,
+                        "models": list(names), "max_rel_err": max(r["max_rel_err"] for r in rows)}}
+
+
+# --------------------------------------------------------------------------- bench
+VADE_HIDDEN = (500, 500, 2000)
+
+
+def bench_step(model, backend, B, steps, seed=0, warmup=3):
+    """Median ms per training step (forward, backward, Adam) and the GEMM floor of that step.
+
+    The floor: one step runs with ``nn.matmul`` recording its operands; their exact shapes and
+    memory layouts (transposed views included) are then replayed on fresh arrays, timing only
+    the products.  Both are medians over ``steps`` repetitions in the same process."""
+    import statistics
+
+    from . import nn
+    from .optim import Adam
+
+    xp = backend.xp
+    params = model.init_params(backend.rng("bench-init"))
+    rng = np.random.default_rng(seed)
+    x = backend.asarray((rng.random((B, model.cfg.D)) < 0.13).astype(np.float32))
+    opt = Adam(backend, params)
+
+    def sync(a):
+        if backend.name == "cupy":  # pragma: no cover - GPU only
+            import cupy
+
+            cupy.cuda.Stream.null.synchronize()
+
+    def one_step(i):
+        noise = model.sample_noise(backend.rng("bench", i), B)
+        loss, grads, aux = model.loss_and_grads(params, x, noise)
+        opt.step(params, grads)
+        if hasattr(model, "post_step"):
+            model.post_step(params, aux, i)
+        return loss
+
+    nn._MatmulRecorder.active, nn._MatmulRecorder.calls = True, []
+    one_step(0)
+    nn._MatmulRecorder.active = False
+    calls = nn._MatmulRecorder.calls
+    nn._MatmulRecorder.calls = []
+    def fresh(arr):
+        """A new array of the same shape and layout (a transposed view stays transposed)."""
+        shape = tuple(arr.shape)
+        flags = getattr(arr, "flags", None)
+        if len(shape) == 2 and flags is not None and not flags.c_contiguous:
+            return backend.asarray(rng.standard_normal(shape[::-1])).T
+        return backend.asarray(rng.standard_normal(shape))
+
+    replay = [(fresh(a), fresh(b_)) for a, b_ in calls]
+    for i in range(warmup):
+        sync(one_step(i + 1))
+    # steps and replays in separate blocks: interleaving them makes each evict the other's
+    # working set from the caches and inflates both
+    t_step, t_gemm = [], []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        sync(one_step(i + warmup + 1))
+        t_step.append(time.perf_counter() - t0)
+    for i in range(steps):
+        t0 = time.perf_counter()
+        for a, b_ in replay:
+            a @ b_
+        sync(None)
+        t_gemm.append(time.perf_counter() - t0)
+    ms, floor = 1e3 * statistics.median(t_step), 1e3 * statistics.median(t_gemm)
+    n_params = sum(int(np.prod(v.shape)) for v in params.values())
+    return {"ms_per_step": ms, "gemm_floor_ms": floor, "ratio": ms / floor,
+            "n_matmuls": len(calls), "n_params": n_params}
+
+
+def bench_config(name, args, D=784):
+    cfg = {"D": D, "latent_dim": args.latent_dim, "hidden": list(VADE_HIDDEN), "act": "relu",
+           "likelihood": "bernoulli", "n_samples": 1}
+    if name in ("vae", "fullcov"):
+        cfg["posterior"] = "cholesky" if name == "fullcov" else "diag"
+    return cfg
+
+
+def main_bench(args) -> dict:
+    """The VaDE network (784-500-500-2000-J, mirrored decoder), batch 256, float32."""
+    backend = make_backend(args)
+    names = MODELS if args.model == "all" else (args.model,)
+    last = None
+    for name in names:
+        cfg = bench_config(name, args)
+        model = build_model(name, cfg, backend)
+        r = bench_step(model, backend, args.bench_batch, args.bench_steps)
+        last = {"model": name, "batch_size": args.bench_batch, "latent_dim": cfg["latent_dim"],
+                "hidden": cfg["hidden"], **r, **backend.describe()}
+        if name != names[-1]:
+            print(json.dumps(last))
+    return last
