@@ -1,0 +1,96 @@
+"""The command line end to end: outputs of a run, and one clear error (exit 2, no partial
+output) for every kind of bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from scratchvae.cli import main
+
+
+def test_train_writes_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["--epochs", "2", "--out", str(out), "--quiet", "--iwae-k", "10",
+               "--hidden", "32", "--latent-dim", "2"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for k in ("elbo", "iwae_ll", "recon", "kl"):
+        assert np.isfinite(m[k]), k
+    assert m["iwae_ll"] >= m["elbo"]
+    assert m["config"]["epochs"] == 2 and m["versions"]["numpy"]
+    for f in ("curve.png", "reconstructions.png", "samples.png", "checkpoint.npz"):
+        assert (out / f).stat().st_size > 0, f
+    # resume to 3 epochs, then evaluate the checkpoint
+    assert main(["--epochs", "3", "--resume", str(out), "--quiet", "--iwae-k", "10"]) == 0
+    m2 = json.loads((out / "metrics.json").read_text())
+    assert m2["steps"] > m["steps"]
+    capsys.readouterr()
+    assert main(["eval", "--resume", str(out / "checkpoint.npz"), "--iwae-k", "5"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert np.isfinite(ev["iwae_ll"])
+
+
+def _err(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    return err
+
+
+def test_nan_rows_named_and_nothing_written(tmp_path, capsys):
+    x = np.random.default_rng(0).random((30, 16))
+    x[[3, 17]] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "run"
+    err = _err(capsys, ["--data", str(tmp_path / "x.npy"), "--out", str(out), "--quiet"])
+    assert "3" in err and "17" in err and ("nan" in err.lower())
+    assert not out.exists()
+
+
+def test_out_of_range_for_bernoulli(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((30, 16)) * 3)
+    err = _err(capsys, ["--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "r"), "--quiet"])
+    assert "[0, 1]" in err and "gaussian" in err
+    assert not (tmp_path / "r").exists()
+    # the Gaussian likelihood accepts it
+    assert main(["--data", str(tmp_path / "x.npy"), "--likelihood", "gaussian", "--epochs", "1",
+                 "--out", str(tmp_path / "g"), "--quiet", "--iwae-k", "5", "--hidden", "8"]) == 0
+
+
+def test_wrong_feature_count_for_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--epochs", "1", "--out", str(out), "--quiet", "--iwae-k", "5", "--hidden", "8"]) == 0
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((30, 10)))
+    err = _err(capsys, ["eval", "--resume", str(out), "--data", str(tmp_path / "x.npy")])
+    assert "64" in err and "10" in err and "features" in err
+    err = _err(capsys, ["--resume", str(out), "--data", str(tmp_path / "x.npy"), "--quiet"])
+    assert "features" in err
+    err = _err(capsys, ["--resume", str(tmp_path / "missing.npz"), "--quiet"])
+    assert "does not exist" in err
+
+
+def test_unknown_option_values(capsys):
+    for argv in (["--model", "nope"], ["--backend", "torch"], ["--epochs", "0"],
+                 ["--hidden", "a,b"], ["--likelihood", "poisson"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert "error" in capsys.readouterr().err
+
+
+def test_cupy_missing_is_one_sentence(capsys):
+    pytest.importorskip("numpy")
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    err = _err(capsys, ["--backend", "cupy", "--quiet", "--out", "/nonexistent/never"])
+    assert "pip install cupy" in err and "Traceback" not in err
+    assert not os.path.exists("/nonexistent/never")
+
+
+def test_gradcheck_command_passes(capsys):
+    assert main(["gradcheck", "--model", "all"]) == 0
+    assert '"passed"' in capsys.readouterr().out
