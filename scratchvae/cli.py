@@ -71,6 +71,15 @@ def build_parser():
                    help="Monte Carlo samples L per example in the ELBO")
     p.add_argument("--iwae-k", type=_positive_int, default=200,
                    help="importance samples for the held-out log-likelihood bound")
+    p.add_argument("--lr-decay", type=_positive_float, default=1.0,
+                   help="multiply the learning rate by this every --decay-every epochs")
+    p.add_argument("--decay-every", type=_positive_int, default=10)
+    # gmvae
+    p.add_argument("--clusters", type=_positive_int, default=10, help="gmvae: mixture components K")
+    p.add_argument("--pretrain-epochs", type=int, default=30,
+                   help="gmvae: autoencoder pretraining epochs before the mixture is fitted")
+    p.add_argument("--gmm-restarts", type=_positive_int, default=10,
+                   help="gmvae: GaussianMixture restarts on the latent means (best likelihood wins)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", default=None,

@@ -327,3 +327,118 @@ class StandardNormalPrior:
 
     def log_prob(self, b, params, z):
         return log_std_normal(b, z)
+
+
+class MixturePrior:
+    """Gaussian-mixture prior of seed §3: c ~ Cat(pi), z | c ~ N(mu_c, diag(var_c)).
+
+    Parameters (flat dict keys):
+      ``prior.pi_logits`` (K,)   pi = softmax(pi_logits)     -- pi stays a probability vector
+      ``prior.mu_c``      (K, J)
+      ``prior.logvar_c``  (K, J) raw r; log var_c = lo + softplus(r - lo), lo = log(var_min):
+                                  a smooth floor that keeps components from collapsing to a point.
+
+    ELBO term (seed eq. 3.5, for either head through (mu, var = diag Sigma, logdet)):
+      reg = -1/2 sum_c gamma_c sum_j [log var_cj + var_j / var_cj + (mu_j - mu_cj)^2 / var_cj]
+            + sum_c gamma_c log(pi_c / gamma_c) + 1/2 (J + logdet)
+    with q(c|x) = gamma = 1/S sum_s p(c | z_s), p(c|z) = softmax_c(log pi_c + log N(z | mu_c, var_c))
+    computed by log-sum-exp.  Gradients flow through gamma (into z, hence the encoder, and into
+    the prior parameters), as in the reference implementations.   [03-gmvae.md#putting-it-together]
+    """
+
+    name = "mixture"
+
+    def __init__(self, K: int, J: int, var_min: float = 1e-3):
+        if K < 1:
+            raise ValueError(f"the mixture needs at least one component, got K={K}")
+        self.K, self.J, self.var_min = int(K), int(J), float(var_min)
+        self.lo = math.log(self.var_min)
+
+    def init(self, b, rng) -> dict:
+        return {"prior.pi_logits": b.zeros((self.K,)),
+                "prior.mu_c": rng.normal((self.K, self.J)),
+                "prior.logvar_c": b.zeros((self.K, self.J))}
+
+    def logvar_c(self, b, params):
+        return self.lo + b.softplus(params["prior.logvar_c"] - self.lo)
+
+    def raw_from_logvar(self, b, logvar):
+        """Inverse of the floor: the raw parameter that gives ``logvar`` (must exceed lo)."""
+        xp = b.xp
+        t = logvar - self.lo                       # = softplus(r - lo) > 0
+        return self.lo + t + xp.log(-xp.expm1(-t))  # softplus^{-1}(t) = t + log(1 - e^-t)
+
+    def log_pi(self, b, params):
+        return b.log_softmax(params["prior.pi_logits"])
+
+    def _log_joint(self, b, params, z):
+        """a[s, b, c] = log pi_c + log N(z_sb | mu_c, var_c)  (S, B, K), and pieces for backward."""
+        xp = b.xp
+        mu_c = params["prior.mu_c"]
+        logvar_c = self.logvar_c(b, params)
+        prec_c = xp.exp(-logvar_c)                                     # (K, J)
+        diff = z[:, :, None, :] - mu_c                                 # (S, B, K, J)
+        logN = -0.5 * xp.sum(LOG2PI + logvar_c + diff * diff * prec_c, axis=-1)   # (S, B, K)
+        return self.log_pi(b, params)[None, None, :] + logN, diff, prec_c, logvar_c
+
+    def log_prob(self, b, params, z):
+        """log p(z) = logsumexp_c [log pi_c + log N(z | mu_c, var_c)]  (S, B)."""
+        a, *_ = self._log_joint(b, params, z)
+        return b.logsumexp(a, axis=-1)
+
+    def responsibilities(self, b, params, z):
+        """gamma = p(c | z) for z (S, B, J) -> (S, B, K); rows sum to 1."""
+        a, *_ = self._log_joint(b, params, z)
+        return b.softmax(a, axis=-1)
+
+    def terms(self, b, params, z, post):
+        xp = b.xp
+        S = z.shape[0]
+        a, diff, prec_c, logvar_c = self._log_joint(b, params, z)
+        logp = b.log_softmax(a, axis=-1)                               # log p(c | z_s)  (S, B, K)
+        p = xp.exp(logp)
+        # gamma = 1/S sum_s p(c|z_s); log gamma by log-sum-exp over samples (finite always)
+        log_gamma = b.logsumexp(logp, axis=0) - math.log(S)           # (B, K)
+        gamma = xp.exp(log_gamma)
+        log_pi = self.log_pi(b, params)                                # (K,)
+        dmu = post.mu[:, None, :] - params["prior.mu_c"]               # (B, K, J)
+        # T_bc = sum_j log var_cj + var_bj / var_cj + (mu_bj - mu_cj)^2 / var_cj  [lemma 3.4]
+        T = xp.sum(logvar_c + (post.var[:, None, :] + dmu * dmu) * prec_c, axis=-1)   # (B, K)
+        J = post.mu.shape[-1]
+        reg = (-0.5 * xp.sum(gamma * T, axis=-1)
+               + xp.sum(gamma * (log_pi - log_gamma), axis=-1)
+               + 0.5 * (J + post.logdet))
+        cache = (S, p, gamma, log_gamma, log_pi, T, dmu, diff, prec_c, post, params)
+        return reg, cache
+
+    def backward(self, b, dreg, cache):
+        """dreg (B,) -> (dz, dmu, dvar, dlogdet, grads of the prior parameters)."""
+        xp = b.xp
+        S, p, gamma, log_gamma, log_pi, T, dmu, diff, prec_c, post, params = cache
+        g = dreg[:, None]                                              # (B, 1)
+        # direct partial derivatives of reg
+        dgamma = g * (-0.5 * T + log_pi - log_gamma - 1.0)             # (B, K)
+        dT = -0.5 * g * gamma                                          # (B, K)
+        dlog_pi = xp.sum(g * gamma, axis=0)                            # (K,)
+        dlogdet = 0.5 * dreg
+        # T -> mu, var (posterior) and mu_c, logvar_c
+        w = dT[:, :, None] * prec_c                                    # (B, K, J)
+        dmu_post = xp.sum(2.0 * w * dmu, axis=1)                       # (B, J)
+        dvar_post = xp.sum(w, axis=1)                                  # (B, J)
+        dmu_c = -xp.sum(2.0 * w * dmu, axis=0)                         # (K, J)
+        dlogvar_c = xp.sum(dT[:, :, None] - w * (post.var[:, None, :] + dmu * dmu), axis=0)
+        # gamma = 1/S sum_s softmax(a_s): softmax backward per sample
+        dp = dgamma[None, :, :] / S                                    # (S, B, K)
+        da = p * (dp - xp.sum(p * dp, axis=-1, keepdims=True))         # (S, B, K)
+        dlog_pi = dlog_pi + xp.sum(da, axis=(0, 1))
+        # a = log pi + log N(z | mu_c, var_c)
+        u = da[..., None] * diff * prec_c                              # (S, B, K, J)
+        dz = -xp.sum(u, axis=2)                                        # (S, B, J)
+        dmu_c = dmu_c + xp.sum(u, axis=(0, 1))
+        dlogvar_c = dlogvar_c + xp.sum(da[..., None] * (0.5 * diff * diff * prec_c - 0.5), axis=(0, 1))
+        # parameterisations: log_softmax of the logits, smooth floor of the log-variances
+        pi = xp.exp(log_pi)
+        dlogits = dlog_pi - pi * xp.sum(dlog_pi)
+        draw = dlogvar_c * b.sigmoid(params["prior.logvar_c"] - self.lo)
+        grads = {"prior.pi_logits": dlogits, "prior.mu_c": dmu_c, "prior.logvar_c": draw}
+        return dz, dmu_post, dvar_post, dlogdet, grads

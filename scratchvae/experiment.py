@@ -27,25 +27,31 @@ class UsageError(ValueError):
 
 
 # --------------------------------------------------------------------------- model registry
-MODELS = ("vae", "fullcov")
+MODELS = ("vae", "fullcov", "gmvae")
 
 
 def build_model(name: str, cfg: dict, backend):
     """Model object from its name and a plain-dict config (as stored in checkpoints)."""
+    c = dict(cfg)
+    c["hidden"] = tuple(c.get("hidden", ()))
     if name in ("vae", "fullcov"):
         from .models.vae import VAE, VAEConfig
 
-        c = dict(cfg)
-        c["hidden"] = tuple(c.get("hidden", ()))
         return VAE(VAEConfig(**c), backend)
+    if name == "gmvae":
+        from .models.gmvae import GMVAE, GMVAEConfig
+
+        return GMVAE(GMVAEConfig(**c), backend)
     raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
 def model_config(name: str, args, D: int) -> dict:
     cfg = {"D": int(D), "latent_dim": args.latent_dim, "hidden": list(args.hidden),
            "act": args.act, "likelihood": args.likelihood, "n_samples": args.samples}
-    if name in ("vae", "fullcov"):
+    if name in ("vae", "fullcov", "gmvae"):
         cfg["posterior"] = "cholesky" if name == "fullcov" else args.posterior
+    if name == "gmvae":
+        cfg["clusters"] = args.clusters
     return cfg
 
 
@@ -98,12 +104,17 @@ def get_data(args, likelihood):
 
 # --------------------------------------------------------------------------- train
 def train_vae_like(name, args, backend, ds, out, resume=None):
-    """Train a VAE-family model (vae, fullcov); returns the metrics dict."""
+    """Train a VAE-family model (vae, fullcov, gmvae); returns (metrics, model, params, history)."""
     from . import metrics as M
     from . import plots
 
+    gm = name == "gmvae"
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       lr_decay=args.lr_decay, decay_every=args.decay_every,
                        checkpoint_every=args.checkpoint_every)
+    X = backend.asarray(ds.x_train)
+    Xt = backend.asarray(ds.x_test)
+    extra = {}
     if resume is not None:
         params_h, opt_h, info = resume
         cfg = info["meta"]["model_config"]
@@ -115,18 +126,20 @@ def train_vae_like(name, args, backend, ds, out, resume=None):
         model = build_model(name, cfg, backend)
         params = model.init_params(backend.rng("init"))
         opt, step, history = None, 0, []
-    X = backend.asarray(ds.x_train)
-    Xt = backend.asarray(ds.x_test)
+        if gm:
+            extra.update(gmvae_initialise(model, params, X, args))
     meta = {"model": name, "model_config": cfg, "train_config": tcfg.__dict__,
             "data": args.data, "seed": args.seed, **backend.describe()}
+    on_epoch, track = (gmvae_epoch_hook(model, X, ds.y_train, extra) if gm else (None, None))
     t0 = time.perf_counter()
     params, opt, step, history = fit(model, params, X, tcfg, opt=opt, step=step,
                                      history=history, desc=name, progress=not args.quiet,
-                                     ckpt_path=os.path.join(out, "checkpoint.npz"), meta=meta)
-    train_s = time.perf_counter() - t0
+                                     ckpt_path=os.path.join(out, "checkpoint.npz"), meta=meta,
+                                     on_epoch=on_epoch)
+    train_s = time.perf_counter() - t0 + extra.pop("pretrain_seconds", 0.0)
     ev = M.iwae_metrics(model, params, Xt, k=args.iwae_k)
     res = {"model": name, **ev, "train_seconds": train_s, "steps": step,
-           "epochs": tcfg.epochs, "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0])}
+           "epochs": tcfg.epochs, "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0]), **extra}
     # figures
     plots.training_curve(history, os.path.join(out, "curve.png"),
                          f"{name}: training loss (negative ELBO) on {args.data}")
@@ -135,11 +148,90 @@ def train_vae_like(name, args, backend, ds, out, resume=None):
     xr = backend.to_numpy(model.decode_mean(params, post.mu))
     plots.reconstructions(ds.x_test[:n], xr, ds.image_shape, os.path.join(out, "reconstructions.png"),
                           f"{name}: test images and reconstructions E[x | z = mu]")
-    z = backend.rng("prior-samples").normal((30, model.J))
-    xs = backend.to_numpy(model.decode_mean(params, z))
-    plots.image_grid(xs, ds.image_shape, os.path.join(out, "samples.png"),
-                     f"{name}: decoder means of 30 prior samples z ~ N(0, I)")
+    if gm:
+        res.update(gmvae_report(model, params, X, Xt, ds, out, track))
+    else:
+        z = backend.rng("prior-samples").normal((30, model.J))
+        xs = backend.to_numpy(model.decode_mean(params, z))
+        plots.image_grid(xs, ds.image_shape, os.path.join(out, "samples.png"),
+                         f"{name}: decoder means of 30 prior samples z ~ N(0, I)")
     return res, model, params, history
+
+
+# --------------------------------------------------------------------------- gmvae recipe
+def gmvae_initialise(model, params, X, args) -> dict:
+    """Pretrain the autoencoder, then initialise the mixture and the variance head from the
+    latent means (seed-controlled, label-free)."""
+    from .models.gmvae import PretrainAE, init_logvar_head, init_mixture_from_codes
+
+    t0 = time.perf_counter()
+    rep = {}
+    if args.pretrain_epochs > 0:
+        pcfg = TrainConfig(epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=1e-3)
+        _, _, _, ph = fit(PretrainAE(model), params, X, pcfg, desc="gmvae pretrain",
+                          progress=not args.quiet, rng_tag="pretrain")
+        rep["pretrain_recon"] = ph[-1]["loss"]
+    Z = model.latent_means(params, X)
+    rep.update(init_mixture_from_codes(model, params, Z, seed=args.seed, n_init=args.gmm_restarts))
+    init_logvar_head(model, params, Z)
+    rep["pretrain_seconds"] = time.perf_counter() - t0
+    return rep
+
+
+def gmvae_epoch_hook(model, X, y, extra):
+    """Collapse guard after every epoch; ACC/NMI tracked for the figure when labels exist (the
+    labels are only ever reported, never used to choose anything)."""
+    from .metrics import clustering_metrics
+    from .models.gmvae import collapse_guard
+
+    track = {"epoch": [], "acc": [], "nmi": [], "reseeded": 0}
+
+    def on_epoch(rec, params):
+        track["reseeded"] += collapse_guard(model, params)
+        if y is not None:
+            cm = clustering_metrics(y, model.predict(params, X))
+            track["epoch"].append(rec["epoch"])
+            track["acc"].append(cm["acc"])
+            track["nmi"].append(cm["nmi"])
+            rec["train_acc"] = cm["acc"]
+
+    return on_epoch, track
+
+
+def gmvae_report(model, params, X, Xt, ds, out, track) -> dict:
+    """Clustering metrics and the GMVAE figures."""
+    from . import plots
+    from .metrics import clustering_metrics
+
+    b = model.b
+    res = {"reseeded_components": track["reseeded"] if track else 0}
+    pi = np.exp(b.to_numpy(model.prior.log_pi(b, params)))
+    res["pi"] = pi.tolist()
+    yp_test = model.predict(params, Xt)
+    yp_train = model.predict(params, X)
+    if ds.y_test is not None:
+        res.update(clustering_metrics(ds.y_test, yp_test))
+        res.update({f"train_{k}": v for k, v in clustering_metrics(ds.y_train, yp_train).items()})
+    K, J = model.prior.K, model.J
+    # samples: row c decodes z ~ N(mu_c, var_c)
+    mu_c = b.to_numpy(params["prior.mu_c"])
+    sd_c = np.exp(0.5 * b.to_numpy(model.prior.logvar_c(b, params)))
+    eps = b.to_numpy(b.rng("component-samples").normal((K, 10, J)))
+    z = (mu_c[:, None, :] + sd_c[:, None, :] * eps).reshape(-1, J)
+    xs = b.to_numpy(model.decode_mean(params, b.asarray(z)))
+    plots.image_grid(xs, ds.image_shape, os.path.join(out, "samples.png"),
+                     "gmvae: row c decodes z ~ N(mu_c, sigma_c^2 I)",
+                     row_labels=[f"c={c} pi={pi[c]:.2f}" for c in range(K)])
+    plots.latent_scatter(model.latent_means(params, Xt), yp_test, mu_c,
+                         os.path.join(out, "latent.png"),
+                         "gmvae: test latent means (PCA to 2-D), coloured by assigned cluster")
+    plots.bar(pi, os.path.join(out, "weights.png"), "gmvae: mixture weights pi_c",
+              "component c", "pi_c")
+    if track and track["epoch"]:
+        plots.series(track["epoch"], {"ACC": track["acc"], "NMI": track["nmi"]},
+                     os.path.join(out, "clustering.png"),
+                     "gmvae: clustering of the training set over training", "epoch", "score")
+    return res
 
 
 def make_backend(args, default_dtype="float32"):

@@ -54,7 +54,7 @@ def _tile(images, image_shape, ncol):
         images, image_shape = pad, (side, side)
     h, w = image_shape
     nrow = int(np.ceil(n / ncol))
-    canvas = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1))
+    canvas = np.zeros((nrow * (h + 1) + 1, ncol * (w + 1) + 1))   # white gaps (gray_r)
     for i in range(n):
         r, c = divmod(i, ncol)
         canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = \
@@ -108,4 +108,58 @@ def posterior_ellipses(mu, cov, path, title, labels=None, std=2.0):
     ax.set_ylabel("$z_2$")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    return save_fig(fig, path)
+
+
+def latent_scatter(Z, labels, centres, path, title):
+    """2-D view of latent codes (first two principal components if J > 2), coloured by label,
+    with the mixture means projected the same way."""
+    plt = _plt()
+    Z = np.asarray(Z, dtype=np.float64)
+    centres = np.asarray(centres, dtype=np.float64)
+    mean = Z.mean(0)
+    if Z.shape[1] > 2:
+        _, _, vt = np.linalg.svd(Z - mean, full_matrices=False)
+        P = vt[:2].T
+        xlab, ylab = "principal component 1", "principal component 2"
+    else:
+        P = np.eye(Z.shape[1])[:, :2] if Z.shape[1] == 2 else np.eye(1)
+        xlab, ylab = "$z_1$", "$z_2$"
+    Y = (Z - mean) @ P
+    C = (centres - mean) @ P
+    if Y.shape[1] == 1:
+        Y = np.concatenate([Y, np.zeros_like(Y)], 1)
+        C = np.concatenate([C, np.zeros_like(C)], 1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(Y[:, 0], Y[:, 1], c=labels, cmap="tab10", s=6, alpha=0.7)
+    ax.scatter(C[:, 0], C[:, 1], c="black", marker="x", s=60, label="component means $\\mu_c$")
+    ax.legend(loc="best")
+    fig.colorbar(sc, ax=ax, label="cluster")
+    ax.set_xlabel(xlab)
+    ax.set_ylabel(ylab)
+    ax.set_title(title)
+    return save_fig(fig, path)
+
+
+def bar(values, path, title, xlabel, ylabel):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(np.arange(len(values)), values, color="tab:blue")
+    ax.set_xticks(np.arange(len(values)))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return save_fig(fig, path)
+
+
+def series(x, ys: dict, path, title, xlabel, ylabel):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, y in ys.items():
+        ax.plot(x, y, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return save_fig(fig, path)

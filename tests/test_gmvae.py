@@ -1,0 +1,197 @@
+"""The Gaussian-mixture VAE (seed §3): gradients of every parameter, the seed's identities, the
+K = 1 limit, numerical stability of q(c|x), and the clustering recipe's building blocks."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from scratchvae.backend import Backend
+from scratchvae.distributions import DiagGaussianHead, MixturePrior, Posterior, log_q
+from scratchvae.gradcheck import check_grads
+from scratchvae.models.gmvae import GMVAE, GMVAEConfig, PretrainAE, collapse_guard
+from scratchvae.models.vae import VAE, VAEConfig
+
+RTOL = 1e-6
+LOG2PI = math.log(2 * math.pi)
+
+
+def model(b, K=3, J=2, **kw):
+    cfg = dict(D=6, latent_dim=J, hidden=(5,), act="tanh", clusters=K)
+    cfg.update(kw)
+    return GMVAE(GMVAEConfig(**cfg), b)
+
+
+def randomise_prior(b, m, p, seed):
+    r = b.rng("prior", seed)
+    K, J = m.prior.K, m.J
+    p["prior.pi_logits"] = r.normal((K,))
+    p["prior.mu_c"] = r.normal((K, J))
+    p["prior.logvar_c"] = 0.5 * r.normal((K, J))
+    return p
+
+
+@given(lik=st.sampled_from(["bernoulli", "gaussian"]), post=st.sampled_from(["diag", "cholesky"]),
+       S=st.integers(1, 3), B=st.integers(1, 4), K=st.integers(1, 4), J=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_gmvae_loss_grad(b64, lik, post, S, B, K, J, seed):
+    """Every parameter, prior included, against five-point differences (rel. err <= 1e-6)."""
+    m = model(b64, K=K, J=J, likelihood=lik, posterior=post, n_samples=S)
+    p = randomise_prior(b64, m, m.init_params(b64.rng("i", seed)), seed)
+    r = b64.rng("data", seed)
+    x, noise = r.uniform((B, 6)), m.sample_noise(r, B)
+    _, grads, _ = m.loss_and_grads(p, x, noise)
+    assert set(grads) == set(p)
+    res = check_grads(b64, lambda q: m.loss(q, x, noise), p, grads)
+    assert res.ok(RTOL), (res.max_rel_err, res.worst)
+
+
+def test_lemma_3_4_against_monte_carlo(b64):
+    """seed §3.4: E_q[log N(z | mu, sigma^2 I)] in closed form vs a Monte Carlo mean."""
+    rng = np.random.default_rng(0)
+    J, n = 4, 400_000
+    mq, vq = rng.standard_normal(J), np.exp(rng.standard_normal(J))
+    mp, vp = rng.standard_normal(J), np.exp(rng.standard_normal(J))
+    closed = np.sum(-0.5 * np.log(2 * np.pi * vp) - vq / (2 * vp) - (mq - mp) ** 2 / (2 * vp))
+    z = mq + np.sqrt(vq) * b64.to_numpy(b64.rng("lemma").normal((n, J)))
+    lp = np.sum(-0.5 * np.log(2 * np.pi * vp) - (z - mp) ** 2 / (2 * vp), -1)
+    assert abs(lp.mean() - closed) < 5 * lp.std() / math.sqrt(n)
+
+
+def _forms(b, m, p, x, eps):
+    """The §3.2 and §3.3 integrands averaged over the same samples z_s, gamma = q(c|x) given."""
+    xp = b.xp
+    h, _ = m.encoder.forward(b, p, x)
+    z, post, _ = m.head.forward(b, h, eps)
+    S, B = eps.shape[0], x.shape[0]
+    out, _ = m.decoder.forward(b, p, xp.reshape(z, (S * B, m.J)))
+    ll, _ = m.lik.loglik(b, x, xp.reshape(out, (S, B, -1)))
+    lq = log_q(b, post, eps)
+    a, *_ = m.prior._log_joint(b, p, z)                       # log p(z, c)   (S, B, K)
+    gamma = xp.mean(m.prior.responsibilities(b, p, z), axis=0)  # (B, K)
+    lg = xp.log(gamma)
+    f32 = ll + xp.sum(gamma * (a - lg), axis=-1) - lq          # §3.2, exact sum over c
+    logpc_z = b.log_softmax(a, axis=-1)                        # log p(c | z_s)
+    kl = xp.sum(gamma * (lg - logpc_z), axis=-1)               # KL(q(c|x) || p(c|z_s))
+    f33 = ll + m.prior.log_prob(b, p, z) - lq - kl             # §3.3
+    return b.to_numpy(f32), b.to_numpy(f33), gamma, post, z
+
+
+def test_elbo_forms_3_2_and_3_3_agree(b64):
+    m = model(b64, K=4, J=3, n_samples=5)
+    p = randomise_prior(b64, m, m.init_params(b64.rng("i")), 1)
+    x = b64.rng("x").uniform((6, 6))
+    eps = m.sample_noise(b64.rng("e"), 6)["eps"]
+    f32, f33, *_ = _forms(b64, m, p, x, eps)
+    np.testing.assert_allclose(f32, f33, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("post", ["diag", "cholesky"])
+def test_eq_3_5_is_the_expectation_of_3_2(b64, post):
+    """The closed-form prior terms of eq. 3.5 (what the model trains on) equal the Monte Carlo
+    expectation of the §3.2 integrand's prior part, for the same gamma (CLT tolerance)."""
+    m = model(b64, K=3, J=2, posterior=post, n_samples=2)
+    p = randomise_prior(b64, m, m.init_params(b64.rng("i")), 2)
+    x = b64.rng("x").uniform((3, 6))
+    eps = m.sample_noise(b64.rng("e"), 3)["eps"]
+    h, _ = m.encoder.forward(b64, p, x)
+    z, post_, _ = m.head.forward(b64, h, eps)
+    reg, cache = m.prior.terms(b64, p, z, post_)
+    gamma = cache[2]
+    n = 200_000
+    eps2 = b64.rng("mc").normal((n, 3, 2))
+    z2, _, _ = m.head.forward(b64, h, eps2)
+    a, *_ = m.prior._log_joint(b64, p, z2)                    # log pi_c + log N(z | c)
+    lq = log_q(b64, post_, eps2)
+    g = b64.to_numpy(gamma)
+    integrand = (np.sum(g * (b64.to_numpy(a) - np.log(g)), -1) - b64.to_numpy(lq))   # (n, B)
+    se = integrand.std(0) / math.sqrt(n)
+    assert np.all(np.abs(integrand.mean(0) - b64.to_numpy(reg)) < 5 * se)
+
+
+def test_k1_standard_normal_equals_vae(b64):
+    """K = 1, mu_1 = 0, sigma_1 = 1: the GMVAE's ELBO and gradients equal the standard VAE's."""
+    for post in ("diag", "cholesky"):
+        gm = model(b64, K=1, J=3, posterior=post, n_samples=2)
+        va = VAE(VAEConfig(D=6, latent_dim=3, hidden=(5,), act="tanh", posterior=post, n_samples=2), b64)
+        p = gm.init_params(b64.rng("i"))
+        p["prior.mu_c"] = b64.zeros((1, 3))
+        p["prior.logvar_c"] = gm.prior.raw_from_logvar(b64, b64.zeros((1, 3)))
+        np.testing.assert_allclose(b64.to_numpy(gm.prior.logvar_c(b64, p)), 0.0, atol=1e-12)
+        x = b64.rng("x").uniform((4, 6))
+        noise = gm.sample_noise(b64.rng("n"), 4)
+        lg, gg, _ = gm.loss_and_grads(p, x, noise)
+        lv, gv, _ = va.loss_and_grads({k: v for k, v in p.items() if not k.startswith("prior.")}, x, noise)
+        assert float(lg) == pytest.approx(float(lv), rel=1e-12)
+        for k in gv:
+            np.testing.assert_allclose(b64.to_numpy(gg[k]), b64.to_numpy(gv[k]), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(b64.to_numpy(gg["prior.pi_logits"]), 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gamma_stable_at_extreme_z(dtype):
+    b = Backend("numpy", dtype)
+    prior = MixturePrior(3, 2)
+    p = prior.init(b, b.rng("p"))
+    p["prior.logvar_c"] = b.asarray(np.full((3, 2), -20.0))    # variances at the floor
+    z = b.asarray([[[1e4, -1e4], [0.0, 0.0], [-300.0, 5e3]]])
+    g = b.to_numpy(prior.responsibilities(b, p, z))
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g.sum(-1), 1.0, rtol=1e-6)
+    post = Posterior(z[0], b.ones((3, 2)) * 1e-3, b.zeros((3,)))
+    reg, cache = prior.terms(b, p, z, post)
+    assert np.all(np.isfinite(b.to_numpy(reg)))
+    out = prior.backward(b, b.ones((3,)), cache)
+    for arr in (out[0], out[1], out[2], *out[4].values()):
+        assert np.all(np.isfinite(b.to_numpy(arr)))
+    lp = b.to_numpy(prior.log_prob(b, p, z))
+    assert np.all(np.isfinite(lp))
+    pi = np.exp(b.to_numpy(prior.log_pi(b, p)))
+    assert np.all(pi >= 0) and abs(pi.sum() - 1) < 1e-6
+
+
+def test_log_prob_matches_direct_mixture_density(b64):
+    m = model(b64, K=3, J=2)
+    p = randomise_prior(b64, m, m.init_params(b64.rng("i")), 3)
+    z = b64.rng("z").normal((2, 4, 2))
+    pi = np.exp(b64.to_numpy(m.prior.log_pi(b64, p)))
+    mu = b64.to_numpy(p["prior.mu_c"])
+    var = np.exp(b64.to_numpy(m.prior.logvar_c(b64, p)))
+    zz = b64.to_numpy(z)
+    dens = sum(pi[c] * np.prod(np.exp(-(zz - mu[c]) ** 2 / (2 * var[c])) / np.sqrt(2 * np.pi * var[c]), -1)
+               for c in range(3))
+    np.testing.assert_allclose(b64.to_numpy(m.prior.log_prob(b64, p, z)), np.log(dens), rtol=1e-12)
+
+
+def test_pretrain_ae_grad(b64):
+    m = model(b64, K=2, J=2, likelihood="gaussian")
+    ae = PretrainAE(m)
+    p = m.init_params(b64.rng("i"))
+    x = b64.rng("x").uniform((4, 6))
+    _, grads, _ = ae.loss_and_grads(p, x, {})
+    res = check_grads(b64, lambda q: ae.loss(q, x, {}), {k: v for k, v in p.items() if k in grads}, grads)
+    assert res.ok(RTOL), (res.max_rel_err, res.worst)
+
+
+def test_collapse_guard_reseeds_only_tiny_components(b64):
+    m = model(b64, K=4, J=2)
+    p = m.init_params(b64.rng("i"))
+    p["prior.pi_logits"] = b64.asarray(np.log([0.5, 0.3, 0.199, 0.001]))
+    before = b64.to_numpy(p["prior.mu_c"]).copy()
+    assert collapse_guard(m, p) == 1
+    pi = np.exp(b64.to_numpy(m.prior.log_pi(b64, p)))
+    # the heaviest (0.5) is split in two halves shared with the collapsed one
+    np.testing.assert_allclose(pi, np.array([0.25, 0.3, 0.199, 0.25]) / 0.999, rtol=1e-9)
+    np.testing.assert_allclose(b64.to_numpy(p["prior.mu_c"])[1:3], before[1:3])
+    assert collapse_guard(m, p) == 0
+
+
+def test_strict_device_gmvae_step():
+    from scratchvae.train import TrainConfig, fit
+
+    b = Backend("strict", "float32", seed=0, device_name="device1")
+    m = model(b, K=3, J=2, posterior="cholesky", n_samples=2)
+    p = m.init_params(b.rng("i"))
+    X = b.rng("x").uniform((32, 6))
+    _, _, step, hist = fit(m, p, X, TrainConfig(epochs=2, batch_size=8), progress=False)
+    assert step == 8 and all(math.isfinite(h["loss"]) for h in hist)
