@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-COMMANDS = ("train", "eval", "gradcheck", "bench")
+COMMANDS = ("train", "eval", "gradcheck", "bench", "compare")
 
 
 def _positive_int(s):
@@ -44,7 +44,8 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="run.py", description="Variational autoencoders written by hand on NumPy / CuPy.")
     p.add_argument("command", nargs="?", default="train", choices=COMMANDS,
-                   help="train (default), eval a checkpoint, gradcheck, or bench")
+                   help="train (default), eval a checkpoint, gradcheck, bench, or compare "
+                        "(mean-field vs full-covariance posterior over several seeds)")
     p.add_argument("--model", default="vae", choices=MODELS + ("all",),
                    help="which model (default: vae)")
     p.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "strict"))
@@ -86,6 +87,7 @@ def build_parser():
                    help="checkpoint .npz (or run folder) to continue training / to evaluate")
     p.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="compare: number of seeds")
     # bench
     p.add_argument("--bench-steps", type=_positive_int, default=20)
     p.add_argument("--bench-batch", type=_positive_int, default=256)
@@ -109,6 +111,8 @@ def main(argv=None) -> int:
             return 0
         if args.command == "eval":
             res = E.main_eval(args)
+        elif args.command == "compare":
+            res = E.main_compare(args)
         elif args.command == "gradcheck":
             res = E.main_gradcheck(args)
             print(json.dumps(res["summary"]))
