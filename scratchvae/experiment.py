@@ -316,7 +316,7 @@ def main_compare(args) -> dict:
         plots.posterior_ellipses(
             mu, cov, os.path.join(out, f"ellipses-{name}.png"),
             f"{'full-covariance' if name == 'fullcov' else 'mean-field'} q(z|x), 2-sigma ellipses, "
-            f"{n_show} test inputs\n(2-D latent; iwae_ll {res['iwae_ll']:.2f} nats)", labels=labels)
+            f"{n_show} test inputs, colour = digit label\n(2-D latent; iwae_ll {res['iwae_ll']:.2f} nats)", labels=labels)
         ell[name] = {"iwae_ll_2d": res["iwae_ll"],
                      "mean_abs_corr": float(np.mean(np.abs(cov[:, 0, 1] / np.sqrt(cov[:, 0, 0] * cov[:, 1, 1]))))}
     record = {"rows": rows, "summary": summary, "latent_2d": ell, "data": args.data,
