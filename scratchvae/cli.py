@@ -79,6 +79,8 @@ def build_parser():
     p.add_argument("--clusters", type=_positive_int, default=10, help="gmvae: mixture components K")
     p.add_argument("--pretrain-epochs", type=int, default=30,
                    help="gmvae: autoencoder pretraining epochs before the mixture is fitted")
+    p.add_argument("--pretrain-dropout", type=float, default=0.0,
+                   help="gmvae: input dropout of the (denoising) pretraining autoencoder")
     p.add_argument("--gmm-restarts", type=_positive_int, default=10,
                    help="gmvae: GaussianMixture restarts on the latent means (best likelihood wins)")
     p.add_argument("--seed", type=int, default=0)

@@ -168,7 +168,8 @@ def gmvae_initialise(model, params, X, args) -> dict:
     rep = {}
     if args.pretrain_epochs > 0:
         pcfg = TrainConfig(epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=1e-3)
-        _, _, _, ph = fit(PretrainAE(model), params, X, pcfg, desc="gmvae pretrain",
+        _, _, _, ph = fit(PretrainAE(model, drop=args.pretrain_dropout), params, X, pcfg,
+                          desc="gmvae pretrain",
                           progress=not args.quiet, rng_tag="pretrain")
         rep["pretrain_recon"] = ph[-1]["loss"]
     Z = model.latent_means(params, X)

@@ -163,13 +163,16 @@ def test_log_prob_matches_direct_mixture_density(b64):
     np.testing.assert_allclose(b64.to_numpy(m.prior.log_prob(b64, p, z)), np.log(dens), rtol=1e-12)
 
 
-def test_pretrain_ae_grad(b64):
+@pytest.mark.parametrize("drop", [0.0, 0.3])
+def test_pretrain_ae_grad(b64, drop):
     m = model(b64, K=2, J=2, likelihood="gaussian")
-    ae = PretrainAE(m)
+    ae = PretrainAE(m, drop=drop)
     p = m.init_params(b64.rng("i"))
     x = b64.rng("x").uniform((4, 6))
-    _, grads, _ = ae.loss_and_grads(p, x, {})
-    res = check_grads(b64, lambda q: ae.loss(q, x, {}), {k: v for k, v in p.items() if k in grads}, grads)
+    noise = ae.sample_noise(b64.rng("n"), 4)
+    assert ("mask" in noise) == (drop > 0)
+    _, grads, _ = ae.loss_and_grads(p, x, noise)
+    res = check_grads(b64, lambda q: ae.loss(q, x, noise), {k: v for k, v in p.items() if k in grads}, grads)
     assert res.ok(RTOL), (res.max_rel_err, res.worst)
 
 

@@ -68,34 +68,45 @@ class GMVAE(VAE):
 
 class PretrainAE:
     """Deterministic autoencoder sharing the GMVAE's encoder and decoder parameters:
-    z = mu(x) (the first J head outputs), loss = -1/B sum_b log p(x_b | z_b).  The other head
-    outputs get zero gradient, so pretraining leaves them as initialised."""
+    z = mu(x~) (the first J head outputs), loss = -1/B sum_b log p(x_b | z_b).  The other head
+    outputs get zero gradient, so pretraining leaves them as initialised.
+
+    ``drop > 0`` makes it a denoising autoencoder (as in DEC/VaDE's stacked-AE pretraining): the
+    encoder sees x~ = x * m / (1 - drop) with m_i ~ Bernoulli(1 - drop), the decoder must
+    reconstruct the clean x.  The mask is part of the noise, so the loss stays a deterministic
+    function of (params, x, noise)."""
 
     kind = "ae"
 
-    def __init__(self, model: VAE):
-        self.m, self.b, self.cfg = model, model.b, model.cfg
+    def __init__(self, model: VAE, drop: float = 0.0):
+        if not 0.0 <= drop < 1.0:
+            raise ValueError(f"input dropout must be in [0, 1), got {drop}")
+        self.m, self.b, self.cfg, self.drop = model, model.b, model.cfg, float(drop)
 
     def init_params(self, rng):
         return self.m.init_params(rng)
 
     def sample_noise(self, rng, B, S=None):
-        return {}
+        if self.drop == 0.0:
+            return {}
+        keep = self.b.xp.astype(rng.uniform((B, self.m.cfg.D)) >= self.drop, self.b.dtype)
+        return {"mask": keep * (1.0 / (1.0 - self.drop))}
 
-    def _forward(self, params, x):
+    def _forward(self, params, x, noise=None):
         m, b, xp = self.m, self.b, self.b.xp
-        h, enc_c = m.encoder.forward(b, params, x)
+        x_in = x * noise["mask"] if noise and "mask" in noise else x
+        h, enc_c = m.encoder.forward(b, params, x_in)
         mu = h[:, :m.J]
         out, dec_c = m.decoder.forward(b, params, mu)
         ll, lik_c = m.lik.loglik(b, x, out[None])
         return -xp.mean(ll), (h, enc_c, dec_c, lik_c)
 
     def loss(self, params, x, noise):
-        return self._forward(params, x)[0]
+        return self._forward(params, x, noise)[0]
 
     def loss_and_grads(self, params, x, noise):
         m, b, xp = self.m, self.b, self.b.xp
-        loss, (h, enc_c, dec_c, lik_c) = self._forward(params, x)
+        loss, (h, enc_c, dec_c, lik_c) = self._forward(params, x, noise)
         B = x.shape[0]
         dll = xp.full((1, B), -1.0 / B, dtype=b.dtype, device=b.device)
         dout = m.lik.backward(b, dll, lik_c)[0]
