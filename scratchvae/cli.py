@@ -58,9 +58,10 @@ def build_parser():
                    help="download missing MNIST / Fashion-MNIST files (SHA-256 checked)")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="use only the first N training examples (quick runs)")
-    p.add_argument("--epochs", type=_positive_int, default=60)
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="training epochs (default per model: see scratchvae/experiment.py DEFAULTS)")
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default per model)")
     p.add_argument("--latent-dim", type=_positive_int, default=10)
     p.add_argument("--hidden", type=_hidden, default=(256, 256),
                    help="hidden layer sizes of the encoder (decoder mirrors), e.g. 500,500,2000")
@@ -72,12 +73,12 @@ def build_parser():
                    help="Monte Carlo samples L per example in the ELBO")
     p.add_argument("--iwae-k", type=_positive_int, default=200,
                    help="importance samples for the held-out log-likelihood bound")
-    p.add_argument("--lr-decay", type=_positive_float, default=1.0,
-                   help="multiply the learning rate by this every --decay-every epochs")
+    p.add_argument("--lr-decay", type=_positive_float, default=None,
+                   help="multiply the learning rate by this every --decay-every epochs (default per model)")
     p.add_argument("--decay-every", type=_positive_int, default=10)
     # gmvae
     p.add_argument("--clusters", type=_positive_int, default=10, help="gmvae: mixture components K")
-    p.add_argument("--pretrain-epochs", type=int, default=30,
+    p.add_argument("--pretrain-epochs", type=int, default=None,
                    help="gmvae: autoencoder pretraining epochs before the mixture is fitted")
     p.add_argument("--pretrain-dropout", type=float, default=0.0,
                    help="gmvae: input dropout of the (denoising) pretraining autoencoder")
@@ -104,6 +105,9 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        from .experiment import resolve_defaults
+
+        args = resolve_defaults(args)
         from . import experiment as E
 
         if args.command == "train":

@@ -398,11 +398,13 @@ class MixturePrior:
         logp = b.log_softmax(a, axis=-1)                               # log p(c | z_s)  (S, B, K)
         p = xp.exp(logp)
         # gamma = 1/S sum_s p(c|z_s); log gamma by log-sum-exp over samples (finite always)
+        # [03-gmvae.md#stable-log-sum-exp-responsibilities]
         log_gamma = b.logsumexp(logp, axis=0) - math.log(S)           # (B, K)
         gamma = xp.exp(log_gamma)
         log_pi = self.log_pi(b, params)                                # (K,)
         dmu = post.mu[:, None, :] - params["prior.mu_c"]               # (B, K, J)
-        # T_bc = sum_j log var_cj + var_bj / var_cj + (mu_bj - mu_cj)^2 / var_cj  [lemma 3.4]
+        # T_bc = sum_j log var_cj + var_bj / var_cj + (mu_bj - mu_cj)^2 / var_cj
+        # [03-gmvae.md#the-gaussian-cross-entropy-lemma]
         T = xp.sum(logvar_c + (post.var[:, None, :] + dmu * dmu) * prec_c, axis=-1)   # (B, K)
         J = post.mu.shape[-1]
         reg = (-0.5 * xp.sum(gamma * T, axis=-1)
@@ -412,7 +414,8 @@ class MixturePrior:
         return reg, cache
 
     def backward(self, b, dreg, cache):
-        """dreg (B,) -> (dz, dmu, dvar, dlogdet, grads of the prior parameters)."""
+        """dreg (B,) -> (dz, dmu, dvar, dlogdet, grads of the prior parameters).
+        [03-gmvae.md#gradients-of-the-mixture-terms]"""
         xp = b.xp
         S, p, gamma, log_gamma, log_pi, T, dmu, diff, prec_c, post, params = cache
         g = dreg[:, None]                                              # (B, 1)

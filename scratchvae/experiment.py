@@ -45,6 +45,35 @@ def build_model(name: str, cfg: dict, backend):
     raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
+# Defaults that differ between models; any option given on the command line wins.
+DEFAULTS = {
+    "vae": {"epochs": 100, "lr": 1e-3, "lr_decay": 1.0},
+    "fullcov": {"epochs": 100, "lr": 1e-3, "lr_decay": 1.0},
+    "gmvae": {"epochs": 60, "lr": 2e-3, "lr_decay": 0.9, "pretrain_epochs": 30},
+    "vqvae": {"epochs": 100, "lr": 1e-3, "lr_decay": 1.0},
+}
+FALLBACK = {"epochs": 60, "lr": 1e-3, "lr_decay": 1.0, "pretrain_epochs": 30}
+
+
+def resolve_defaults(args, model=None):
+    """Fill the options left at None with the defaults of ``model`` (default ``args.model``).
+    Returns a copy; the names the user set are remembered in ``explicit`` so that a later call
+    for another model (the tour) re-resolves only the others."""
+    import argparse
+
+    d = dict(FALLBACK)
+    d.update(DEFAULTS.get(model or args.model, {}))
+    explicit = getattr(args, "explicit", None)
+    if explicit is None:
+        explicit = {k for k in d if getattr(args, k, None) is not None}
+    out = argparse.Namespace(**vars(args))
+    out.explicit = explicit
+    for k, v in d.items():
+        if k not in explicit:
+            setattr(out, k, v)
+    return out
+
+
 def model_config(name: str, args, D: int) -> dict:
     cfg = {"D": int(D), "latent_dim": args.latent_dim, "hidden": list(args.hidden),
            "act": args.act, "likelihood": args.likelihood, "n_samples": args.samples}
@@ -187,8 +216,8 @@ def gmvae_epoch_hook(model, X, y, extra):
 
     track = {"epoch": [], "acc": [], "nmi": [], "reseeded": 0}
 
-    def on_epoch(rec, params):
-        track["reseeded"] += collapse_guard(model, params)
+    def on_epoch(rec, params, opt):
+        track["reseeded"] += collapse_guard(model, params, opt=opt)
         if y is not None:
             cm = clustering_metrics(y, model.predict(params, X))
             track["epoch"].append(rec["epoch"])
@@ -212,6 +241,7 @@ def gmvae_report(model, params, X, Xt, ds, out, track) -> dict:
     yp_train = model.predict(params, X)
     if ds.y_test is not None:
         res.update(clustering_metrics(ds.y_test, yp_test))
+    if ds.y_train is not None:
         res.update({f"train_{k}": v for k, v in clustering_metrics(ds.y_train, yp_train).items()})
     K, J = model.prior.K, model.J
     # samples: row c decodes z ~ N(mu_c, var_c)
@@ -262,7 +292,7 @@ def main_train(args) -> dict:
                        os.path.isdir(args.resume) else args.resume) or default_out(args.model)
     os.makedirs(out, exist_ok=True)
     res, *_ = train_vae_like(args.model, args, backend, ds, out, resume)
-    record = {**res, "config": {k: v for k, v in vars(args).items() if k != "func"},
+    record = {**res, "config": {k: v for k, v in vars(args).items() if k not in ("func", "explicit")},
               "versions": versions(), **backend.describe(), "data": args.data, "seed": args.seed}
     write_json(os.path.join(out, "metrics.json"), record)
     return {"out": out, **res}

@@ -135,7 +135,7 @@ def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, histor
                 "the data scale")
         history.append(rec)
         if on_epoch is not None:
-            on_epoch(rec, params)
+            on_epoch(rec, params, opt)
         if ckpt_path and tcfg.checkpoint_every and (epoch + 1) % tcfg.checkpoint_every == 0:
             save_checkpoint(ckpt_path, b, params, opt, step, meta or {}, history)
     if bar is not None:

@@ -158,10 +158,11 @@ def init_logvar_head(model: VAE, params, Z: np.ndarray, ratio: float = 0.01):
     params[f"encoder.{last}.b"] = b.asarray(bh)
 
 
-def collapse_guard(model: GMVAE, params, pi_min: float = 0.1) -> int:
+def collapse_guard(model: GMVAE, params, pi_min: float = 0.1, opt=None) -> int:
     """Re-seed every component whose weight fell below ``pi_min / K`` by splitting the heaviest
     component along its widest axis (means moved by +-1/2 std, weight shared).  Label-free.
-    Returns the number of components re-seeded."""
+    With ``opt`` (Adam), the moments of the prior parameters are reset so the re-seeded
+    components do not inherit the dead one's momentum.  Returns the number re-seeded."""
     b = model.b
     K = model.prior.K
     pi = np.exp(b.to_numpy(model.prior.log_pi(b, params)))
@@ -184,4 +185,8 @@ def collapse_guard(model: GMVAE, params, pi_min: float = 0.1) -> int:
     params["prior.pi_logits"] = b.asarray(logits)
     params["prior.mu_c"] = b.asarray(mu)
     params["prior.logvar_c"] = b.asarray(raw)
+    if opt is not None:
+        for k in ("prior.pi_logits", "prior.mu_c", "prior.logvar_c"):
+            opt.m[k] = b.xp.zeros_like(params[k])
+            opt.v[k] = b.xp.zeros_like(params[k])
     return int(small.size)
