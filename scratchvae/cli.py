@@ -46,8 +46,8 @@ def build_parser():
     p.add_argument("command", nargs="?", default="train", choices=COMMANDS,
                    help="train (default), eval a checkpoint, gradcheck, bench, or compare "
                         "(mean-field vs full-covariance posterior over several seeds)")
-    p.add_argument("--model", default="vae", choices=MODELS + ("all",),
-                   help="which model (default: vae)")
+    p.add_argument("--model", default="all", choices=MODELS + ("all", "kl"),
+                   help="which model (default: all = the whole assignment, see README)")
     p.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "strict"))
     p.add_argument("--dtype", default=None, choices=("float32", "float64"),
                    help="float32 to train (default), float64 for gradcheck (its default)")
@@ -62,7 +62,8 @@ def build_parser():
                    help="training epochs (default per model: see scratchvae/experiment.py DEFAULTS)")
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default per model)")
-    p.add_argument("--latent-dim", type=_positive_int, default=10)
+    p.add_argument("--latent-dim", type=_positive_int, default=None,
+                   help="latent size J (default 10; vqvae: size of each code vector, default 8)")
     p.add_argument("--hidden", type=_hidden, default=(256, 256),
                    help="hidden layer sizes of the encoder (decoder mirrors), e.g. 500,500,2000")
     p.add_argument("--act", default="relu", choices=("relu", "tanh", "softplus"))
@@ -71,7 +72,7 @@ def build_parser():
                    help="q(z|x) head: mean-field (diag) or full covariance (cholesky)")
     p.add_argument("--samples", type=_positive_int, default=1,
                    help="Monte Carlo samples L per example in the ELBO")
-    p.add_argument("--iwae-k", type=_positive_int, default=200,
+    p.add_argument("--iwae-k", type=_positive_int, default=None,
                    help="importance samples for the held-out log-likelihood bound")
     p.add_argument("--lr-decay", type=_positive_float, default=None,
                    help="multiply the learning rate by this every --decay-every epochs (default per model)")
@@ -82,15 +83,24 @@ def build_parser():
                    help="gmvae: autoencoder pretraining epochs before the mixture is fitted")
     p.add_argument("--pretrain-dropout", type=float, default=0.0,
                    help="gmvae: input dropout of the (denoising) pretraining autoencoder")
-    p.add_argument("--gmm-restarts", type=_positive_int, default=10,
+    p.add_argument("--gmm-restarts", type=_positive_int, default=None,
                    help="gmvae: GaussianMixture restarts on the latent means (best likelihood wins)")
+    # vqvae
+    p.add_argument("--codebook-size", type=_positive_int, default=64, help="vqvae: codes K")
+    p.add_argument("--codes-per-input", type=_positive_int, default=4,
+                   help="vqvae: latent vectors M per input")
+    p.add_argument("--beta", type=float, default=0.25, help="vqvae: commitment weight")
+    p.add_argument("--codebook-update", default="ema", choices=("ema", "grad"),
+                   help="vqvae: codebook learned by moving averages (ema) or by its loss (grad)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny budgets for every stage (seconds; for smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", default=None,
                    help="checkpoint .npz (or run folder) to continue training / to evaluate")
     p.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--seeds", type=_positive_int, default=3, help="compare: number of seeds")
+    p.add_argument("--seeds", type=_positive_int, default=None, help="compare: number of seeds (default 3)")
     # bench
     p.add_argument("--bench-steps", type=_positive_int, default=20)
     p.add_argument("--bench-batch", type=_positive_int, default=256)
@@ -110,6 +120,10 @@ def main(argv=None) -> int:
         args = resolve_defaults(args)
         from . import experiment as E
 
+        if args.command == "train" and args.model == "all":
+            res = E.main_all(args)
+            print(json.dumps(res))
+            return 0
         if args.command == "train":
             res = E.main_train(args)
             print(json.dumps({k: v for k, v in res.items() if not isinstance(v, (dict, list))},

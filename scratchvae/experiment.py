@@ -27,7 +27,8 @@ class UsageError(ValueError):
 
 
 # --------------------------------------------------------------------------- model registry
-MODELS = ("vae", "fullcov", "gmvae")
+MODELS = ("vae", "fullcov", "gmvae", "vqvae")      # trainable models (gradcheck, bench)
+STAGES = ("kl", "vae", "fullcov", "gmvae", "vqvae")  # what --model all runs, in order
 
 
 def build_model(name: str, cfg: dict, backend):
@@ -42,6 +43,10 @@ def build_model(name: str, cfg: dict, backend):
         from .models.gmvae import GMVAE, GMVAEConfig
 
         return GMVAE(GMVAEConfig(**c), backend)
+    if name == "vqvae":
+        from .models.vqvae import VQVAE, VQVAEConfig
+
+        return VQVAE(VQVAEConfig(**c), backend)
     raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
@@ -50,9 +55,11 @@ DEFAULTS = {
     "vae": {"epochs": 100, "lr": 1e-3, "lr_decay": 1.0},
     "fullcov": {"epochs": 100, "lr": 1e-3, "lr_decay": 1.0},
     "gmvae": {"epochs": 60, "lr": 2e-3, "lr_decay": 0.9, "pretrain_epochs": 30},
-    "vqvae": {"epochs": 100, "lr": 1e-3, "lr_decay": 1.0},
+    "vqvae": {"epochs": 60, "lr": 1e-3, "lr_decay": 1.0, "latent_dim": 8},
 }
-FALLBACK = {"epochs": 60, "lr": 1e-3, "lr_decay": 1.0, "pretrain_epochs": 30}
+FALLBACK = {"epochs": 60, "lr": 1e-3, "lr_decay": 1.0, "pretrain_epochs": 30, "latent_dim": 10,
+            "iwae_k": 200, "gmm_restarts": 10, "seeds": 3}
+QUICK = {"epochs": 2, "pretrain_epochs": 2, "iwae_k": 10, "gmm_restarts": 2, "seeds": 2}
 
 
 def resolve_defaults(args, model=None):
@@ -63,6 +70,8 @@ def resolve_defaults(args, model=None):
 
     d = dict(FALLBACK)
     d.update(DEFAULTS.get(model or args.model, {}))
+    if getattr(args, "quick", False):
+        d.update(QUICK)
     explicit = getattr(args, "explicit", None)
     if explicit is None:
         explicit = {k for k in d if getattr(args, k, None) is not None}
@@ -75,6 +84,11 @@ def resolve_defaults(args, model=None):
 
 
 def model_config(name: str, args, D: int) -> dict:
+    if name == "vqvae":
+        return {"D": int(D), "latent_dim": args.latent_dim, "codes_per_input": args.codes_per_input,
+                "codebook_size": args.codebook_size, "hidden": list(args.hidden), "act": args.act,
+                "likelihood": args.likelihood, "beta": args.beta,
+                "codebook_update": args.codebook_update}
     cfg = {"D": int(D), "latent_dim": args.latent_dim, "hidden": list(args.hidden),
            "act": args.act, "likelihood": args.likelihood, "n_samples": args.samples}
     if name in ("vae", "fullcov", "gmvae"):
@@ -269,6 +283,50 @@ def make_backend(args, default_dtype="float32"):
     return Backend(args.backend, args.dtype or default_dtype, seed=args.seed)
 
 
+def train_vqvae(args, backend, ds, out, resume=None):
+    """Train the VQ-VAE; returns (metrics, model, params, history)."""
+    from .models.vqvae import vq_figures
+
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       lr_decay=args.lr_decay, decay_every=args.decay_every,
+                       checkpoint_every=args.checkpoint_every)
+    if resume is not None:
+        params_h, opt_h, info = resume
+        cfg = info["meta"]["model_config"]
+        model = build_model("vqvae", cfg, backend)
+        params, opt = restore(model, params_h, opt_h, info, tcfg)
+        step, history = info["step"], info.get("history", [])
+    else:
+        cfg = model_config("vqvae", args, ds.D)
+        model = build_model("vqvae", cfg, backend)
+        params = model.init_params(backend.rng("init"))
+        opt, step, history = None, 0, []
+    X, Xt = backend.asarray(ds.x_train), backend.asarray(ds.x_test)
+    meta = {"model": "vqvae", "model_config": cfg, "train_config": tcfg.__dict__,
+            "data": args.data, "seed": args.seed, **backend.describe()}
+    t0 = time.perf_counter()
+    params, opt, step, history = fit(model, params, X, tcfg, opt=opt, step=step, history=history,
+                                     desc="vqvae", progress=not args.quiet,
+                                     ckpt_path=os.path.join(out, "checkpoint.npz"), meta=meta)
+    res = {"model": "vqvae", **model.evaluate(params, Xt), "train_seconds": time.perf_counter() - t0,
+           "steps": step, "epochs": tcfg.epochs, "n_train": int(X.shape[0]),
+           "n_test": int(Xt.shape[0]),
+           "train": model.evaluate(params, X)}
+    res["figures"] = vq_figures(model, params, ds, history, out, backend)
+    from . import plots
+
+    plots.training_curve(history, os.path.join(out, "curve.png"),
+                         f"vqvae: training loss (recon + codebook + beta commit) on {args.data}")
+    return res, model, params, history
+
+
+def run_stage(name, args, backend, ds, out, resume=None):
+    """Train one model (any of MODELS) into ``out``; returns its metrics dict."""
+    if name == "vqvae":
+        return train_vqvae(args, backend, ds, out, resume)[0]
+    return train_vae_like(name, args, backend, ds, out, resume)[0]
+
+
 def main_train(args) -> dict:
     backend = make_backend(args)
     resume = None
@@ -291,7 +349,7 @@ def main_train(args) -> dict:
     out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume and not
                        os.path.isdir(args.resume) else args.resume) or default_out(args.model)
     os.makedirs(out, exist_ok=True)
-    res, *_ = train_vae_like(args.model, args, backend, ds, out, resume)
+    res = run_stage(args.model, args, backend, ds, out, resume)
     record = {**res, "config": {k: v for k, v in vars(args).items() if k not in ("func", "explicit")},
               "versions": versions(), **backend.describe(), "data": args.data, "seed": args.seed}
     write_json(os.path.join(out, "metrics.json"), record)
@@ -398,19 +456,34 @@ def gradcheck_models(backend, names=MODELS, rtol=1e-6, seed=0) -> list:
     rows = []
     for name in names:
         for lik in ("bernoulli", "gaussian"):
-            cfg = {"D": 6, "latent_dim": 3, "hidden": [5, 4], "act": "tanh", "likelihood": lik,
-                   "n_samples": 2}
-            if name in ("vae", "fullcov"):
+            if name == "vqvae":
+                cfg = {"D": 6, "latent_dim": 3, "codes_per_input": 2, "codebook_size": 5,
+                       "hidden": [5, 4], "act": "tanh", "likelihood": lik,
+                       "codebook_update": "grad"}
+            else:
+                cfg = {"D": 6, "latent_dim": 3, "hidden": [5, 4], "act": "tanh",
+                       "likelihood": lik, "n_samples": 2}
+            if name in ("vae", "fullcov", "gmvae"):
                 cfg["posterior"] = "cholesky" if name == "fullcov" else "diag"
+            if name == "gmvae":
+                cfg["clusters"] = 3
             model = build_model(name, cfg, backend)
             rng = backend.rng("gradcheck", seed)
             params = model.init_params(rng)
-            # the check must also see non-trivial prior / head parameters
+            if name == "gmvae":   # non-trivial mixture parameters
+                params["prior.pi_logits"] = rng.normal((3,))
+                params["prior.logvar_c"] = 0.5 * rng.normal((3, 3))
             x = rng.uniform((4, cfg["D"]))
             noise = model.sample_noise(rng, 4)
+            if name == "vqvae":
+                # the straight-through gradient is the exact gradient of the surrogate in which
+                # the code assignment and the offset e_k - z_e are frozen
+                frozen = model.freeze(params, x)
+                f = lambda p: model.surrogate_loss(p, x, frozen)
+            else:
+                f = lambda p: model.loss(p, x, noise)
             _, grads, _ = model.loss_and_grads(params, x, noise)
-            r = check_grads(backend, lambda p: model.loss(p, x, noise), params, grads,
-                            full_max=40, name=f"{name}/{lik}")
+            r = check_grads(backend, f, params, grads, full_max=40, name=f"{name}/{lik}")
             rows.append({"model": name, "likelihood": lik, "max_rel_err": r.max_rel_err,
                          "worst": r.worst, "checks": r.n_checks, "ok": r.ok(rtol)})
     return rows
@@ -524,3 +597,170 @@ def main_bench(args) -> dict:
         if name != names[-1]:
             print(json.dumps(last))
     return last
+
+
+# --------------------------------------------------------------------------- the tour
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main_all(args) -> dict:
+    """``python run.py`` / ``--model all``: every part of the assignment on one data set, one
+    sub-folder per stage, and ``report.md`` laying the numbers and figures next to the theory."""
+    from . import kl as KL
+
+    backend = make_backend(args)
+    ds = get_data(args, args.likelihood)
+    out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(out, exist_ok=True)
+    results, seconds = {}, {}
+    bar = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(STAGES, desc="tour", dynamic_ncols=True)
+    for stage in STAGES:
+        if bar is not None:
+            bar.set_description(f"tour: {stage}")
+        sub = os.path.join(out, stage)
+        os.makedirs(sub, exist_ok=True)
+        t0 = time.perf_counter()
+        if stage == "kl":
+            kb = Backend(backend.name, "float64", seed=args.seed)
+            res = KL.run_experiment(kb, sub, seed=args.seed, quick=args.quick)
+        else:
+            a = resolve_defaults(args, stage)
+            res = run_stage(stage, a, backend, ds, sub)
+            if stage == "fullcov":
+                res["ellipses"] = ellipse_figures(a, backend, ds, sub)
+        seconds[stage] = time.perf_counter() - t0
+        res["stage_seconds"] = seconds[stage]
+        write_json(os.path.join(sub, "metrics.json"), res)
+        results[stage] = res
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    header = {"command": "python run.py " + " ".join(sys.argv[1:]), "data": args.data,
+              "seed": args.seed, **backend.describe(), "versions": versions(),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": seconds,
+              "n_train": int(ds.x_train.shape[0]), "n_test": int(ds.x_test.shape[0])}
+    write_json(os.path.join(out, "metrics.json"), {"header": header, **results})
+    text = render_report(out, header, results)
+    atomic_write(os.path.join(out, "report.md"), lambda f: f.write(text), mode="w")
+    return {"out": out, "report": os.path.join(out, "report.md"),
+            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+def ellipse_figures(args, backend, ds, out, n_show=12) -> dict:
+    """Train a 2-D-latent mean-field and full-covariance VAE (same seed and budget) and draw
+    their posteriors q(z|x) for a few test inputs as 2-sigma ellipses."""
+    from . import plots
+
+    info = {}
+    for name in ("vae", "fullcov"):
+        b = Backend(backend.name, backend.dtype_name, seed=args.seed)
+        a = _with(args, latent_dim=2, quiet=True)
+        res, model, params, _ = train_vae_like(name, a, b, ds, os.path.join(out, f"{name}-2d"))
+        X = b.asarray(ds.x_test[:n_show])
+        post, h = model.encode(params, X)
+        mu = b.to_numpy(post.mu)
+        if name == "fullcov":
+            _, L, _, _ = model.head.build_L(b, h)
+            L = b.to_numpy(L)
+            cov = L @ np.transpose(L, (0, 2, 1))
+        else:
+            cov = np.stack([np.diag(v) for v in b.to_numpy(post.var)])
+        labels = ds.y_test[:n_show] if ds.y_test is not None else None
+        kind = "full-covariance" if name == "fullcov" else "mean-field"
+        path = os.path.join(out, f"ellipses-{name}.png")
+        plots.posterior_ellipses(
+            mu, cov, path, f"{kind} q(z|x): 2-sigma ellipses of {n_show} test inputs\n"
+            f"colour = digit label; 2-D latent, iwae_ll {res['iwae_ll']:.2f} nats", labels=labels)
+        corr = cov[:, 0, 1] / np.sqrt(cov[:, 0, 0] * cov[:, 1, 1])
+        info[name] = {"figure": path, "iwae_ll_2d": res["iwae_ll"],
+                      "mean_abs_corr": float(np.mean(np.abs(corr)))}
+    return info
+
+
+def _f(v, nd=3):
+    try:
+        return f"{float(v):.{nd}f}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def render_report(out, header, R) -> str:
+    """report.md: per seed section the key numbers, figures and links to derivation and code."""
+    rel = os.path.relpath(ROOT, os.path.abspath(out))
+    link = lambda p: f"[`{p}`]({rel}/{p})"
+    img = lambda p, alt: f"![{alt}]({os.path.relpath(os.path.abspath(p), os.path.abspath(out))})"
+    L = []
+    h = header
+    L += ["# scratchvae: the assignment, reproduced", "",
+          f"Command `{h['command']}` on {h['date']}; data `{h['data']}` "
+          f"({h['n_train']} train / {h['n_test']} test), seed {h['seed']}, backend "
+          f"`{h['backend']}` ({h['dtype']}).", "",
+          f"Machine: {h['versions']['platform']}, {h['versions']['cpus']} CPUs; Python "
+          f"{h['versions']['python']}, NumPy {h['versions']['numpy']}"
+          + (f", CuPy {h['versions']['cupy']}" if "cupy" in h["versions"] else "") + ".", "",
+          "| stage | seconds |", "|---|---|"]
+    L += [f"| {k} | {v:.1f} |" for k, v in h["seconds"].items()]
+    k = R["kl"]
+    L += ["", "## §1 KL direction: mode-seeking vs mode-covering", "",
+          f"Derivation: {link('derivations/01-kl-direction.md')}; code: {link('scratchvae/kl.py')}.", "",
+          f"Target p = 1/2 N(-{k['a']}, {k['s']}^2) + 1/2 N({k['a']}, {k['s']}^2) (a/s = "
+          f"{_f(k['separation'], 2)}), q = N(m, exp(2 rho)).", "",
+          "| quantity | value |", "|---|---|",
+          f"| forward-KL minimum: m, variance (closed form s^2 + a^2 = {_f(k['forward_min_var_closed_form'], 4)}) | "
+          f"{_f(k['forward_min_m'], 6)}, {_f(k['forward_min_var'], 6)} |",
+          f"| reverse-KL global minima m | {', '.join(_f(m, 4) for m in k['reverse_global_m'])} |",
+          f"| reverse-KL minima found (all) | {k['reverse_n_minima']} |",
+          f"| reverse-KL at the forward minimum / forward-KL at the reverse minimum | "
+          f"{_f(k['reverse_kl_at_forward_min'])} / {_f(k['forward_kl_at_reverse_min'])} |",
+          f"| separation a/s where off-centre minima appear (fold) | {_f(k['merge_separation'], 4)} |",
+          f"| separation a/s where they become global | {_f(k['global_switch_separation'], 4)} |", ""]
+    for p in k.get("figures", []):
+        L += [img(p, os.path.basename(p)), ""]
+    vpath = os.path.join(out, "kl", "kl_variance.md")
+    if os.path.exists(vpath):
+        L += ["Gradient-estimator variance (reverse KL, scenario 3):", "", open(vpath).read(), ""]
+    v, fc = R["vae"], R["fullcov"]
+    L += ["## §2 Full-covariance posterior (Cholesky head)", "",
+          f"Derivation: {link('derivations/02-full-covariance.md')}; code: "
+          f"{link('scratchvae/distributions.py')} `CholeskyHead`, {link('scratchvae/models/vae.py')}.", "",
+          "Held-out metrics, nats per example (iwae_ll: importance-weighted bound, k = "
+          f"{v.get('iwae_k')}).", "",
+          "| model | iwae_ll | elbo | recon | kl | epochs | seconds |", "|---|---|---|---|---|---|---|"]
+    for name, r in (("mean-field (vae)", v), ("full covariance (fullcov)", fc)):
+        L.append(f"| {name} | {_f(r['iwae_ll'])} | {_f(r['elbo'])} | {_f(r['recon'])} | "
+                 f"{_f(r['kl'])} | {r['epochs']} | {_f(r['train_seconds'], 1)} |")
+    L += ["", "One seed here; `python run.py compare` gives mean +- std over seeds.", ""]
+    for name in ("vae", "fullcov"):
+        e = fc.get("ellipses", {}).get(name)
+        if e:
+            L += [img(e["figure"], f"posterior ellipses {name}"),
+                  f"mean |correlation| of q(z|x) in 2-D: {_f(e['mean_abs_corr'])}", ""]
+    L += [img(os.path.join(out, "fullcov", "samples.png"), "fullcov samples"), ""]
+    g = R["gmvae"]
+    L += ["## §3 Gaussian-mixture VAE", "",
+          f"Derivation: {link('derivations/03-gmvae.md')}; code: {link('scratchvae/models/gmvae.py')}, "
+          f"{link('scratchvae/distributions.py')} `MixturePrior`.", "",
+          "| acc | nmi | ari | iwae_ll | elbo | train acc | re-seeded components |", "|---|---|---|---|---|---|---|",
+          f"| {_f(g.get('acc'))} | {_f(g.get('nmi'))} | {_f(g.get('ari'))} | {_f(g['iwae_ll'])} | "
+          f"{_f(g['elbo'])} | {_f(g.get('train_acc'))} | {g.get('reseeded_components')} |", "",
+          "Clustering metrics are on the held-out split; labels are used only to score.", ""]
+    for f_, alt in (("samples.png", "samples per component"), ("latent.png", "latent means"),
+                    ("weights.png", "mixture weights"), ("clustering.png", "ACC/NMI over training")):
+        p = os.path.join(out, "gmvae", f_)
+        if os.path.exists(p):
+            L += [img(p, alt), ""]
+    q = R["vqvae"]
+    L += ["## §4 VQ-VAE", "",
+          f"Derivation: {link('derivations/04-vqvae.md')}; code: {link('scratchvae/quantize.py')}, "
+          f"{link('scratchvae/models/vqvae.py')}.", "",
+          "| recon (nats) | recon_mse | perplexity | usage | dead codes | bits/dim |", "|---|---|---|---|---|---|",
+          f"| {_f(q['recon'])} | {_f(q.get('recon_mse'), 4)} | {_f(q['perplexity'], 2)} | "
+          f"{_f(q['usage'])} | {q['dead_codes']} | {_f(q.get('bits_per_dim'))} |", ""]
+    for p in q.get("figures", []):
+        L += [img(p, os.path.basename(p)), ""]
+    return "\n".join(L) + "\n"
