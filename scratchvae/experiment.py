@@ -327,6 +327,49 @@ def run_stage(name, args, backend, ds, out, resume=None):
     return train_vae_like(name, args, backend, ds, out, resume)[0]
 
 
+def main_kl(args) -> dict:
+    """``--model kl``: the seed §1 experiment alone (float64 quadrature and estimators)."""
+    from . import kl as KL
+
+    backend = Backend(args.backend, "float64", seed=args.seed)
+    out = args.out or default_out("kl")
+    res = KL.run_experiment(backend, out, seed=args.seed, quick=args.quick)
+    write_json(os.path.join(out, "metrics.json"), res)
+    return {"out": out, **{k: v for k, v in res.items() if not isinstance(v, (list, dict))}}
+
+
+def main_seeds(args) -> dict:
+    """Train ``--model`` with seeds 0..--seeds-1 (same data, options and budget) and report
+    every scalar metric as mean +- std; for the GMVAE this is the clustering benchmark."""
+    from . import metrics as M
+
+    if args.model in ("all", "kl"):
+        raise UsageError("seeds needs one trainable model: --model vae|fullcov|gmvae|vqvae")
+    backend0 = make_backend(args)
+    ds = get_data(args, args.likelihood)
+    out = args.out or default_out(f"{args.model}-seeds")
+    os.makedirs(out, exist_ok=True)
+    runs = []
+    for seed in range(args.seeds):
+        b = Backend(backend0.name, backend0.dtype_name, seed=seed)
+        a = _with(args, seed=seed)
+        res = run_stage(args.model, a, b, ds, os.path.join(out, f"seed{seed}"))
+        runs.append(res)
+        if not args.quiet:
+            print(json.dumps({"seed": seed, **{k: round(v, 4) for k, v in res.items()
+                                              if isinstance(v, float)}}), file=sys.stderr)
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    summary = {k: M.mean_std([r[k] for r in runs]) for k in keys}
+    record = {"model": args.model, "seeds": args.seeds, "data": args.data, "summary": summary,
+              "runs": runs, "versions": versions(), **backend0.describe(),
+              "config": {k: v for k, v in vars(args).items() if k not in ("func", "explicit")}}
+    write_json(os.path.join(out, "seeds.json"), record)
+    show = [k for k in ("acc", "nmi", "ari", "iwae_ll", "elbo", "perplexity", "usage", "recon")
+            if k in summary]
+    return {"out": out, "model": args.model, "seeds": args.seeds,
+            **{k: {"mean": summary[k]["mean"], "std": summary[k]["std"]} for k in show}}
+
+
 def main_train(args) -> dict:
     backend = make_backend(args)
     resume = None
@@ -494,6 +537,9 @@ def main_gradcheck(args) -> dict:
     if backend.dtype_name != "float64":
         raise UsageError("gradcheck runs in float64 (float32 differences cannot resolve 1e-6); "
                          "drop --dtype or pass --dtype float64")
+    if args.model == "kl":
+        raise UsageError("the KL estimators are gradient-checked by tests/test_kl.py; "
+                         "choose --model vae|fullcov|gmvae|vqvae|all")
     names = MODELS if args.model == "all" else (args.model,)
     rows = gradcheck_models(backend, names)
     for r in rows:
@@ -576,16 +622,28 @@ def bench_step(model, backend, B, steps, seed=0, warmup=3):
 
 
 def bench_config(name, args, D=784):
+    """The VaDE network for the VAE family (J = --latent-dim, K = --clusters); for the VQ-VAE
+    the peer's network (784-500-500-16, K = 64 codes, one code per input, as in
+    shared/peers/torch_models.py) unless --latent-dim / --codebook-size say otherwise."""
+    if name == "vqvae":
+        J = args.latent_dim if "latent_dim" in getattr(args, "explicit", ()) else 16
+        return {"D": D, "latent_dim": J, "codes_per_input": 1, "codebook_size": args.codebook_size,
+                "hidden": [500, 500], "act": "relu", "likelihood": "bernoulli",
+                "codebook_update": args.codebook_update, "beta": args.beta}
     cfg = {"D": D, "latent_dim": args.latent_dim, "hidden": list(VADE_HIDDEN), "act": "relu",
            "likelihood": "bernoulli", "n_samples": 1}
-    if name in ("vae", "fullcov"):
-        cfg["posterior"] = "cholesky" if name == "fullcov" else "diag"
+    if name in ("vae", "fullcov", "gmvae"):
+        cfg["posterior"] = "cholesky" if name == "fullcov" else args.posterior
+    if name == "gmvae":
+        cfg["clusters"] = args.clusters
     return cfg
 
 
 def main_bench(args) -> dict:
     """The VaDE network (784-500-500-2000-J, mirrored decoder), batch 256, float32."""
     backend = make_backend(args)
+    if args.model == "kl":
+        raise UsageError("bench times training steps; choose --model vae|fullcov|gmvae|vqvae|all")
     names = MODELS if args.model == "all" else (args.model,)
     last = None
     for name in names:

@@ -181,11 +181,11 @@ class VQVAE:
         dout = self.lik.backward(b, dll, lik_c)                            # (1, B, Dout)
         dz_q, grads = self.decoder.backward(b, xp.reshape(dout, (B, dout.shape[-1])), dec_c)
         dz_e = Q.quantize_backward(b, xp.reshape(dz_q, (B * self.M, self.J)), None)  # (4.3)
-        _, de_k = Q.vq_losses_backward(b, self.w_codebook, 0.0, cb_c)     # (4.5) codebook
         dz_commit, _ = Q.vq_losses_backward(b, 0.0, self.cfg.beta, cm_c)  # (4.5) commitment
         dz_e = dz_e + dz_commit
         onehot = b.one_hot(k, self.K)                                      # (B*M, K)
         if self.cfg.codebook_update == "grad":
+            _, de_k = Q.vq_losses_backward(b, self.w_codebook, 0.0, cb_c)  # (4.5) codebook
             grads["codebook.E"] = Q.codebook_grad(b, onehot, de_k)         # (4.6)
         _, genc = self.encoder.backward(b, xp.reshape(dz_e, (B, self.M * self.J)), enc_c,
                                         need_dx=False)
