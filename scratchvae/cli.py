@@ -94,6 +94,9 @@ def build_parser():
     p.add_argument("--beta", type=float, default=0.25, help="vqvae: commitment weight")
     p.add_argument("--codebook-update", default="ema", choices=("ema", "grad"),
                    help="vqvae: codebook learned by moving averages (ema) or by its loss (grad)")
+    p.add_argument("--figures-to", default=None,
+                   help="tour: also copy the figures the derivations embed into this folder "
+                        "(python run.py --figures-to derivations/figures regenerates them)")
     p.add_argument("--quick", action="store_true",
                    help="tiny budgets for every stage (seconds; for smoke tests)")
     p.add_argument("--seed", type=int, default=0)

@@ -705,8 +705,38 @@ def main_all(args) -> dict:
     write_json(os.path.join(out, "metrics.json"), {"header": header, **results})
     text = render_report(out, header, results)
     atomic_write(os.path.join(out, "report.md"), lambda f: f.write(text), mode="w")
+    if getattr(args, "figures_to", None):
+        copy_figures(out, args.figures_to)
     return {"out": out, "report": os.path.join(out, "report.md"),
             "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+FIGURES = {  # tour file -> name under derivations/figures (what the derivations embed)
+    "kl/kl_contours.png": "kl_contours.png",
+    "kl/kl_fits.png": "kl_fits.png",
+    "kl/kl_minima_vs_separation.png": "kl_minima_vs_separation.png",
+    "fullcov/ellipses-vae.png": "fullcov_ellipses_vae.png",
+    "fullcov/ellipses-fullcov.png": "fullcov_ellipses_fullcov.png",
+    "gmvae/samples.png": "gmvae_samples.png",
+    "gmvae/latent.png": "gmvae_latent.png",
+    "gmvae/clustering.png": "gmvae_clustering.png",
+    "vqvae/vq_reconstructions.png": "vq_reconstructions.png",
+    "vqvae/vq_samples.png": "vq_samples.png",
+    "vqvae/vq_usage.png": "vq_usage.png",
+    "vqvae/vq_perplexity.png": "vq_perplexity.png",
+}
+
+
+def copy_figures(out, dest):
+    """Copy the tour's figures that the derivations embed into ``dest`` (``--figures-to
+    derivations/figures`` regenerates the committed pictures)."""
+    import shutil
+
+    os.makedirs(dest, exist_ok=True)
+    for src, name in FIGURES.items():
+        p = os.path.join(out, src)
+        if os.path.exists(p):
+            shutil.copyfile(p, os.path.join(dest, name))
 
 
 def ellipse_figures(args, backend, ds, out, n_show=12) -> dict:

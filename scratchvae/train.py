@@ -104,7 +104,7 @@ def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, histor
         n_in_epoch = 0
         run_loss, run_n = None, 0
         for i in range(offset, steps_per_epoch):
-            idx = perm[i * B:(i + 1) * B]
+            idx = perm[i * B:min((i + 1) * B, N)]   # the array API rejects out-of-range slices
             xb = xp.take(X, idx, axis=0)
             noise = model.sample_noise(b.rng(rng_tag, "step", step), xb.shape[0])
             loss, grads, aux = model.loss_and_grads(params, xb, noise)

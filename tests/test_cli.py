@@ -11,7 +11,7 @@ from scratchvae.cli import main
 
 def test_train_writes_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["--epochs", "2", "--out", str(out), "--quiet", "--iwae-k", "10",
+    rc = main(["--model", "vae", "--epochs", "2", "--out", str(out), "--quiet", "--iwae-k", "10",
                "--hidden", "32", "--latent-dim", "2"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -22,7 +22,8 @@ def test_train_writes_run_folder(tmp_path, capsys):
     for f in ("curve.png", "reconstructions.png", "samples.png", "checkpoint.npz"):
         assert (out / f).stat().st_size > 0, f
     # resume to 3 epochs, then evaluate the checkpoint
-    assert main(["--epochs", "3", "--resume", str(out), "--quiet", "--iwae-k", "10"]) == 0
+    assert main(["--model", "vae", "--epochs", "3", "--resume", str(out), "--quiet",
+                 "--iwae-k", "10"]) == 0
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["steps"] > m["steps"]
     capsys.readouterr()
@@ -54,19 +55,22 @@ def test_out_of_range_for_bernoulli(tmp_path, capsys):
     assert "[0, 1]" in err and "gaussian" in err
     assert not (tmp_path / "r").exists()
     # the Gaussian likelihood accepts it
-    assert main(["--data", str(tmp_path / "x.npy"), "--likelihood", "gaussian", "--epochs", "1",
+    assert main(["--model", "vae", "--data", str(tmp_path / "x.npy"), "--likelihood", "gaussian",
+                 "--epochs", "1",
                  "--out", str(tmp_path / "g"), "--quiet", "--iwae-k", "5", "--hidden", "8"]) == 0
 
 
 def test_wrong_feature_count_for_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["--epochs", "1", "--out", str(out), "--quiet", "--iwae-k", "5", "--hidden", "8"]) == 0
+    assert main(["--model", "vae", "--epochs", "1", "--out", str(out), "--quiet", "--iwae-k", "5",
+                 "--hidden", "8"]) == 0
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((30, 10)))
     err = _err(capsys, ["eval", "--resume", str(out), "--data", str(tmp_path / "x.npy")])
     assert "64" in err and "10" in err and "features" in err
-    err = _err(capsys, ["--resume", str(out), "--data", str(tmp_path / "x.npy"), "--quiet"])
+    err = _err(capsys, ["--model", "vae", "--resume", str(out), "--data", str(tmp_path / "x.npy"),
+                        "--quiet"])
     assert "features" in err
-    err = _err(capsys, ["--resume", str(tmp_path / "missing.npz"), "--quiet"])
+    err = _err(capsys, ["--model", "vae", "--resume", str(tmp_path / "missing.npz"), "--quiet"])
     assert "does not exist" in err
 
 
