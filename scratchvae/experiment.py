@@ -586,6 +586,7 @@ def bench_step(model, backend, B, steps, seed=0, warmup=3):
             model.post_step(params, aux, i)
         return loss
 
+    orig_matmul = nn.matmul
     nn._MatmulRecorder.active, nn._MatmulRecorder.calls = True, []
     one_step(0)
     nn._MatmulRecorder.active = False
@@ -602,22 +603,41 @@ def bench_step(model, backend, B, steps, seed=0, warmup=3):
     replay = [(fresh(a), fresh(b_)) for a, b_ in calls]
     for i in range(warmup):
         sync(one_step(i + 1))
-    # steps and replays in separate blocks: interleaving them makes each evict the other's
-    # working set from the caches and inflates both
-    t_step, t_gemm = [], []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        sync(one_step(i + warmup + 1))
-        t_step.append(time.perf_counter() - t0)
-    for i in range(steps):
-        t0 = time.perf_counter()
-        for a, b_ in replay:
-            a @ b_
-        sync(None)
-        t_gemm.append(time.perf_counter() - t0)
+    # Steps and replays alternate in blocks of 5: not one by one (each would evict the other's
+    # working set from the caches and inflate both) and not all steps then all replays (a shared
+    # machine drifts in speed over seconds, which would bias the ratio).  A timed matmul hook
+    # also measures the products inside the real steps ("gemm_in_step_ms").
+    t_step, t_gemm, t_in = [], [], []
+    acc = [0.0]
+
+    def timed(a, b_):
+        t = time.perf_counter()
+        r = a @ b_
+        sync(r)
+        acc[0] += time.perf_counter() - t
+        return r
+
+    block, i = 5, warmup + 1
+    while len(t_step) < steps:
+        for _ in range(block):
+            nn.matmul, acc[0] = timed, 0.0
+            t0 = time.perf_counter()
+            sync(one_step(i))
+            t_step.append(time.perf_counter() - t0)
+            nn.matmul = orig_matmul
+            t_in.append(acc[0])
+            i += 1
+        for _ in range(block):
+            t0 = time.perf_counter()
+            for a, b_ in replay:
+                a @ b_
+            sync(None)
+            t_gemm.append(time.perf_counter() - t0)
     ms, floor = 1e3 * statistics.median(t_step), 1e3 * statistics.median(t_gemm)
+    in_step = 1e3 * statistics.median(t_in)
     n_params = sum(int(np.prod(v.shape)) for v in params.values())
     return {"ms_per_step": ms, "gemm_floor_ms": floor, "ratio": ms / floor,
+            "gemm_in_step_ms": in_step, "ratio_in_step": ms / in_step,
             "n_matmuls": len(calls), "n_params": n_params}
 
 
