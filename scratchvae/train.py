@@ -156,6 +156,9 @@ def atomic_write(path, write_fn, mode="wb"):
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
