@@ -417,7 +417,7 @@ def main_compare(args) -> dict:
         for name in ("vae", "fullcov"):
             backend = Backend(backend0.name, backend0.dtype_name, seed=seed)
             sub = os.path.join(out, f"{name}-seed{seed}")
-            a = _with(args, seed=seed, model=name, quiet=True)
+            a = resolve_defaults(_with(args, seed=seed, model=name, quiet=True), name)
             res, *_ = train_vae_like(name, a, backend, ds, sub)
             per[name].append(res["iwae_ll"])
             rows.append({"model": name, "seed": seed, "iwae_ll": res["iwae_ll"], "elbo": res["elbo"],
@@ -433,7 +433,7 @@ def main_compare(args) -> dict:
     n_show = 12
     for name in ("vae", "fullcov"):
         backend = Backend(backend0.name, backend0.dtype_name, seed=0)
-        a = _with(args, seed=0, model=name, quiet=True, latent_dim=2)
+        a = resolve_defaults(_with(args, seed=0, model=name, quiet=True, latent_dim=2), name)
         res, model, params, _ = train_vae_like(name, a, backend, ds, os.path.join(out, f"{name}-2d"))
         X = backend.asarray(ds.x_test[:n_show])
         post, h = model.encode(params, X)
@@ -451,8 +451,9 @@ def main_compare(args) -> dict:
             f"{n_show} test inputs, colour = digit label\n(2-D latent; iwae_ll {res['iwae_ll']:.2f} nats)", labels=labels)
         ell[name] = {"iwae_ll_2d": res["iwae_ll"],
                      "mean_abs_corr": float(np.mean(np.abs(cov[:, 0, 1] / np.sqrt(cov[:, 0, 0] * cov[:, 1, 1]))))}
+    a = resolve_defaults(args, "vae")
     record = {"rows": rows, "summary": summary, "latent_2d": ell, "data": args.data,
-              "epochs": args.epochs, "latent_dim": args.latent_dim, "hidden": list(args.hidden),
+              "epochs": a.epochs, "latent_dim": a.latent_dim, "hidden": list(args.hidden),
               "versions": versions(), **backend0.describe()}
     write_json(os.path.join(out, "compare.json"), record)
     return {"out": out, "vae_iwae_ll": summary["vae"], "fullcov_iwae_ll": summary["fullcov"],
@@ -460,10 +461,14 @@ def main_compare(args) -> dict:
 
 
 def _with(args, **kw):
+    """A copy of ``args`` with ``kw`` set; those count as given by the user, so a later
+    :func:`resolve_defaults` keeps them."""
     import argparse
 
     d = dict(vars(args))
     d.update(kw)
+    if d.get("explicit") is not None:
+        d["explicit"] = set(d["explicit"]) | set(kw)
     return argparse.Namespace(**d)
 
 

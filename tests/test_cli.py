@@ -98,3 +98,15 @@ def test_cupy_missing_is_one_sentence(capsys):
 def test_gradcheck_command_passes(capsys):
     assert main(["gradcheck", "--model", "all"]) == 0
     assert '"passed"' in capsys.readouterr().out
+
+
+def test_option_overrides_survive_per_model_defaults():
+    from scratchvae.cli import build_parser
+    from scratchvae.experiment import _with, resolve_defaults
+
+    args = resolve_defaults(build_parser().parse_args(["compare"]))
+    assert args.latent_dim == 10 and args.epochs == 60
+    a = resolve_defaults(_with(args, latent_dim=2), "vae")
+    assert a.latent_dim == 2 and a.epochs == 100
+    g = resolve_defaults(build_parser().parse_args(["--epochs", "7"]), "gmvae")
+    assert g.epochs == 7 and g.lr == 2e-3 and g.lr_decay == 0.9
