@@ -428,29 +428,8 @@ def main_compare(args) -> dict:
     summary = {name: M.mean_std(v) for name, v in per.items()}
     diff = np.asarray(per["fullcov"]) - np.asarray(per["vae"])
     summary["fullcov_minus_vae"] = M.mean_std(diff)
-    # posterior ellipses in a 2-D latent space
-    ell = {}
-    n_show = 12
-    for name in ("vae", "fullcov"):
-        backend = Backend(backend0.name, backend0.dtype_name, seed=0)
-        a = resolve_defaults(_with(args, seed=0, model=name, quiet=True, latent_dim=2), name)
-        res, model, params, _ = train_vae_like(name, a, backend, ds, os.path.join(out, f"{name}-2d"))
-        X = backend.asarray(ds.x_test[:n_show])
-        post, h = model.encode(params, X)
-        mu = backend.to_numpy(post.mu)
-        if name == "fullcov":
-            _, L, _, _ = model.head.build_L(backend, h)
-            L = backend.to_numpy(L)
-            cov = L @ np.transpose(L, (0, 2, 1))
-        else:
-            cov = np.stack([np.diag(v) for v in backend.to_numpy(post.var)])
-        labels = ds.y_test[:n_show] if ds.y_test is not None else None
-        plots.posterior_ellipses(
-            mu, cov, os.path.join(out, f"ellipses-{name}.png"),
-            f"{'full-covariance' if name == 'fullcov' else 'mean-field'} q(z|x), 2-sigma ellipses, "
-            f"{n_show} test inputs, colour = digit label\n(2-D latent; iwae_ll {res['iwae_ll']:.2f} nats)", labels=labels)
-        ell[name] = {"iwae_ll_2d": res["iwae_ll"],
-                     "mean_abs_corr": float(np.mean(np.abs(cov[:, 0, 1] / np.sqrt(cov[:, 0, 0] * cov[:, 1, 1]))))}
+    # posterior ellipses in a 2-D latent space (seed 0)
+    ell = ellipse_figures(resolve_defaults(_with(args, seed=0), "vae"), backend0, ds, out)
     a = resolve_defaults(args, "vae")
     record = {"rows": rows, "summary": summary, "latent_2d": ell, "data": args.data,
               "epochs": a.epochs, "latent_dim": a.latent_dim, "hidden": list(args.hidden),
@@ -772,7 +751,7 @@ def ellipse_figures(args, backend, ds, out, n_show=12) -> dict:
     info = {}
     for name in ("vae", "fullcov"):
         b = Backend(backend.name, backend.dtype_name, seed=args.seed)
-        a = _with(args, latent_dim=2, quiet=True)
+        a = resolve_defaults(_with(args, latent_dim=2, quiet=True, model=name), name)
         res, model, params, _ = train_vae_like(name, a, b, ds, os.path.join(out, f"{name}-2d"))
         X = b.asarray(ds.x_test[:n_show])
         post, h = model.encode(params, X)

@@ -110,3 +110,23 @@ def test_option_overrides_survive_per_model_defaults():
     assert a.latent_dim == 2 and a.epochs == 100
     g = resolve_defaults(build_parser().parse_args(["--epochs", "7"]), "gmvae")
     assert g.epochs == 7 and g.lr == 2e-3 and g.lr_decay == 0.9
+
+
+def test_compare_and_seeds_commands(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--epochs", "1", "--seeds", "2", "--hidden", "16", "--iwae-k", "5",
+                 "--quiet", "--out", str(out)]) == 0
+    rec = json.loads((out / "compare.json").read_text())
+    assert rec["summary"]["vae"]["n"] == 2 and len(rec["rows"]) == 4
+    d = rec["summary"]["fullcov_minus_vae"]["values"]
+    f = [r["iwae_ll"] for r in rec["rows"] if r["model"] == "fullcov"]
+    v = [r["iwae_ll"] for r in rec["rows"] if r["model"] == "vae"]
+    np.testing.assert_allclose(d, np.subtract(f, v))
+    assert rec["latent_2d"]["vae"]["mean_abs_corr"] == 0.0      # mean-field: axis-aligned
+    for name in ("vae", "fullcov"):
+        assert (out / f"ellipses-{name}.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["seeds", "--model", "vqvae", "--seeds", "2", "--epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "s")]) == 0
+    s = json.loads((tmp_path / "s" / "seeds.json").read_text())
+    assert s["summary"]["perplexity"]["n"] == 2
