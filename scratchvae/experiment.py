@@ -205,7 +205,8 @@ def train_vae_like(name, args, backend, ds, out, resume=None):
 def gmvae_initialise(model, params, X, args) -> dict:
     """Pretrain the autoencoder, then initialise the mixture and the variance head from the
     latent means (seed-controlled, label-free)."""
-    from .models.gmvae import PretrainAE, init_logvar_head, init_mixture_from_codes
+    from .cluster import init_logvar_head, init_mixture_from_codes
+    from .models.gmvae import PretrainAE
 
     t0 = time.perf_counter()
     rep = {}
@@ -226,7 +227,7 @@ def gmvae_epoch_hook(model, X, y, extra):
     """Collapse guard after every epoch; ACC/NMI tracked for the figure when labels exist (the
     labels are only ever reported, never used to choose anything)."""
     from .metrics import clustering_metrics
-    from .models.gmvae import collapse_guard
+    from .cluster import collapse_guard
 
     track = {"epoch": [], "acc": [], "nmi": [], "reseeded": 0}
 
@@ -285,7 +286,7 @@ def make_backend(args, default_dtype="float32"):
 
 def train_vqvae(args, backend, ds, out, resume=None):
     """Train the VQ-VAE; returns (metrics, model, params, history)."""
-    from .models.vqvae import vq_figures
+    from .plots import vq_figures
 
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        lr_decay=args.lr_decay, decay_every=args.decay_every,

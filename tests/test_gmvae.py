@@ -9,7 +9,8 @@ from hypothesis import given, strategies as st
 from scratchvae.backend import Backend
 from scratchvae.distributions import DiagGaussianHead, MixturePrior, Posterior, log_q
 from scratchvae.gradcheck import check_grads
-from scratchvae.models.gmvae import GMVAE, GMVAEConfig, PretrainAE, collapse_guard
+from scratchvae.cluster import collapse_guard
+from scratchvae.models.gmvae import GMVAE, GMVAEConfig, PretrainAE
 from scratchvae.models.vae import VAE, VAEConfig
 
 RTOL = 1e-6

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from scratchvae import quantize as Q
 from scratchvae.backend import Backend
 from scratchvae.gradcheck import check_function, check_grads
-from scratchvae.models.vqvae import VQVAE, VQVAEConfig, vq_figures
+from scratchvae.models.vqvae import VQVAE, VQVAEConfig
+from scratchvae.plots import vq_figures
 from scratchvae.train import TrainConfig, fit, load_checkpoint, restore, save_checkpoint
 
 B64 = Backend("numpy", "float64")

@@ -307,91 +307,6 @@ class VQVAE:
 
 
 # =========================================================================== figures
-def vq_figures(model, params, ds, history, out_dir, backend=None, title_prefix="vqvae") -> list:
-    """Write vq_reconstructions.png, vq_samples.png, vq_usage.png, vq_perplexity.png to
-    ``out_dir``; returns their paths.  Host transfers happen here, never in training."""
-    import numpy as np
-
-    from .. import plots
-
-    b = model.b if backend is None else backend
-    plt = plots._plt()
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    t = title_prefix
-    K, M = model.K, model.M
-    # reconstructions of held-out images
-    n = min(10, ds.x_test.shape[0])
-    Xt = b.asarray(ds.x_test[:n])
-    xr = b.to_numpy(model.reconstruct(params, Xt))
-    paths.append(plots.reconstructions(
-        ds.x_test[:n], xr, ds.image_shape, os.path.join(out_dir, "vq_reconstructions.png"),
-        f"{t}: test images and E[x | z_q] ({M} codes of {K} each)"))
-    # decoded random code combinations: each of the M positions uniform over the K codes
-    rng = np.random.default_rng(0)
-    k = b.asindex(rng.integers(0, K, size=(30, M)))
-    xs = b.to_numpy(model.decode_mean(params, model.codes_to_z(params, k)))
-    paths.append(plots.image_grid(
-        xs, ds.image_shape, os.path.join(out_dir, "vq_samples.png"),
-        f"{t}: decoded uniformly random codes k ~ U{{0..{K - 1}}}^{M} (no learned prior)"))
-    # codebook usage over the training set
-    counts = model.code_usage(params, b.asarray(ds.x_train))
-    p = counts / counts.sum()
-    ppl = float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    order = np.argsort(-counts, kind="stable")
-    ax.bar(np.arange(K), counts[order] / counts.sum(), width=1.0, color="tab:blue")
-    ax.axhline(1.0 / K, color="k", ls="--", lw=1, label=f"uniform 1/K = {1.0 / K:.3g}")
-    ax.set_xlabel("code (sorted by frequency)")
-    ax.set_ylabel("fraction of latent vectors")
-    ax.set_title(f"{t}: codebook usage on the training set\n"
-                 f"{int((counts > 0).sum())}/{K} codes used, perplexity {ppl:.1f}")
-    ax.legend()
-    ax.grid(alpha=0.3, axis="y")
-    paths.append(plots.save_fig(fig, os.path.join(out_dir, "vq_usage.png")))
-    # perplexity over training
-    ep = [h["epoch"] for h in history if "perplexity" in h]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(ep, [h["perplexity"] for h in history if "perplexity" in h],
-            label="per batch (epoch mean)")
-    ax.plot(ep[-1:], [ppl], "o", label="whole training set, end")
-    ax.axhline(K, color="k", ls="--", lw=1, label=f"K = {K}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity exp H(codes)")
-    ax.set_ylim(0, K * 1.08)
-    ax.set_title(f"{t}: codebook perplexity during training")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    paths.append(plots.save_fig(fig, os.path.join(out_dir, "vq_perplexity.png")))
-    return paths
-
-
-def vq_compare_figure(runs: dict, K: int, path, title="codebook perplexity by update rule"):
-    """``runs`` {label: history}: per-batch perplexity (epoch means) of several runs on one
-    plot -- how the codebook update rule and dead-code restarts change codebook use."""
-    from .. import plots
-
-    plt = plots._plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for i, (label, hist) in enumerate(runs.items()):
-        # dashed and thinner on top of solid: identical curves stay visible
-        ax.plot([h["epoch"] for h in hist], [h["perplexity"] for h in hist], label=label,
-                ls="--" if i % 2 else "-", lw=1.5 if i % 2 else 2.5)
-    ax.axhline(K, color="k", ls="--", lw=1, label=f"K = {K}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("per-batch perplexity")
-    ax.set_ylim(0, K * 1.08)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return plots.save_fig(fig, path)
-
-
-# =========================================================================== command line
-VARIANTS = {"ema + restarts": ("ema", True), "ema, no restarts": ("ema", False),
-            "grad + restarts": ("grad", True), "grad, no restarts": ("grad", False)}
-
-
 def main(argv=None) -> dict:
     """python -m scratchvae.models.vqvae [--epochs N] [--update ema|grad] [--out DIR] [--compare]
 
@@ -402,6 +317,7 @@ def main(argv=None) -> dict:
     ``--out derivations/figures`` and ``--compare --out derivations/figures``."""
     import argparse
 
+    from .. import plots
     from ..backend import Backend
     from ..data import load_dataset
     from ..train import TrainConfig, fit
@@ -443,14 +359,14 @@ def main(argv=None) -> dict:
             model, _, hists[label], out[label] = train(update, restart)
         if a.out:
             os.makedirs(a.out, exist_ok=True)
-            out["figure"] = vq_compare_figure(
+            out["figure"] = plots.vq_compare_figure(
                 hists, a.K, os.path.join(a.out, "vq_update_compare.png"),
                 f"digits, K = {a.K}, M = {a.M}: per-batch codebook perplexity")
         print(json.dumps(out, indent=1))
         return out
     model, params, history, res = train(a.update, not a.no_restart)
     if a.out:
-        res["figures"] = vq_figures(model, params, ds, history, a.out)
+        res["figures"] = plots.vq_figures(model, params, ds, history, a.out)
     print(json.dumps(res, indent=1))
     return res
 
