@@ -72,6 +72,8 @@ def build_parser():
     p.add_argument("--likelihood", default="bernoulli", choices=("bernoulli", "gaussian"))
     p.add_argument("--posterior", default="diag", choices=("diag", "cholesky"),
                    help="q(z|x) head: mean-field (diag) or full covariance (cholesky)")
+    p.add_argument("--cholesky-diag", default="softplus", choices=("softplus", "exp"),
+                   help="activation of the Cholesky factor's diagonal (softplus + 1e-5, or exp)")
     p.add_argument("--samples", type=_positive_int, default=1,
                    help="Monte Carlo samples L per example in the ELBO")
     p.add_argument("--iwae-k", type=_positive_int, default=None,

@@ -268,10 +268,11 @@ class CholeskyHead:
 HEADS = {"diag": DiagGaussianHead, "cholesky": CholeskyHead}
 
 
-def make_head(name: str, J: int):
+def make_head(name: str, J: int, cholesky_diag: str = "softplus"):
+    """The posterior head by name; ``cholesky_diag`` picks the Cholesky diagonal's activation."""
     if name not in HEADS:
         raise ValueError(f"unknown posterior {name!r}; choose one of {', '.join(HEADS)}")
-    return HEADS[name](J)
+    return CholeskyHead(J, diag=cholesky_diag) if name == "cholesky" else HEADS[name](J)
 
 
 # =========================================================================== closed forms

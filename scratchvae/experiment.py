@@ -93,6 +93,7 @@ def model_config(name: str, args, D: int) -> dict:
            "act": args.act, "likelihood": args.likelihood, "n_samples": args.samples}
     if name in ("vae", "fullcov", "gmvae"):
         cfg["posterior"] = "cholesky" if name == "fullcov" else args.posterior
+        cfg["cholesky_diag"] = args.cholesky_diag
     if name == "gmvae":
         cfg["clusters"] = args.clusters
     return cfg
@@ -482,38 +483,41 @@ def gradcheck_models(backend, names=MODELS, rtol=1e-6, seed=0) -> list:
     from .gradcheck import check_grads
 
     rows = []
-    for name in names:
-        for lik in ("bernoulli", "gaussian"):
-            if name == "vqvae":
-                cfg = {"D": 6, "latent_dim": 3, "codes_per_input": 2, "codebook_size": 5,
-                       "hidden": [5, 4], "act": "tanh", "likelihood": lik,
-                       "codebook_update": "grad"}
-            else:
-                cfg = {"D": 6, "latent_dim": 3, "hidden": [5, 4], "act": "tanh",
-                       "likelihood": lik, "n_samples": 2}
-            if name in ("vae", "fullcov", "gmvae"):
-                cfg["posterior"] = "cholesky" if name == "fullcov" else "diag"
-            if name == "gmvae":
-                cfg["clusters"] = 3
-            model = build_model(name, cfg, backend)
-            rng = backend.rng("gradcheck", seed)
-            params = model.init_params(rng)
-            if name == "gmvae":   # non-trivial mixture parameters
-                params["prior.pi_logits"] = rng.normal((3,))
-                params["prior.logvar_c"] = 0.5 * rng.normal((3, 3))
-            x = rng.uniform((4, cfg["D"]))
-            noise = model.sample_noise(rng, 4)
-            if name == "vqvae":
-                # the straight-through gradient is the exact gradient of the surrogate in which
-                # the code assignment and the offset e_k - z_e are frozen
-                frozen = model.freeze(params, x)
-                f = lambda p: model.surrogate_loss(p, x, frozen)
-            else:
-                f = lambda p: model.loss(p, x, noise)
-            _, grads, _ = model.loss_and_grads(params, x, noise)
-            r = check_grads(backend, f, params, grads, full_max=40, name=f"{name}/{lik}")
-            rows.append({"model": name, "likelihood": lik, "max_rel_err": r.max_rel_err,
-                         "worst": r.worst, "checks": r.n_checks, "ok": r.ok(rtol)})
+    cases = [(n, lik, diag) for n in names for lik in ("bernoulli", "gaussian")
+             for diag in (("softplus", "exp") if n == "fullcov" else ("softplus",))]
+    for name, lik, diag in cases:
+        if name == "vqvae":
+            cfg = {"D": 6, "latent_dim": 3, "codes_per_input": 2, "codebook_size": 5,
+                   "hidden": [5, 4], "act": "tanh", "likelihood": lik,
+                   "codebook_update": "grad"}
+        else:
+            cfg = {"D": 6, "latent_dim": 3, "hidden": [5, 4], "act": "tanh",
+                   "likelihood": lik, "n_samples": 2}
+        if name in ("vae", "fullcov", "gmvae"):
+            cfg["posterior"] = "cholesky" if name == "fullcov" else "diag"
+            cfg["cholesky_diag"] = diag
+        if name == "gmvae":
+            cfg["clusters"] = 3
+        model = build_model(name, cfg, backend)
+        rng = backend.rng("gradcheck", seed)
+        params = model.init_params(rng)
+        if name == "gmvae":   # non-trivial mixture parameters
+            params["prior.pi_logits"] = rng.normal((3,))
+            params["prior.logvar_c"] = 0.5 * rng.normal((3, 3))
+        x = rng.uniform((4, cfg["D"]))
+        noise = model.sample_noise(rng, 4)
+        if name == "vqvae":
+            # the straight-through gradient is the exact gradient of the surrogate in which
+            # the code assignment and the offset e_k - z_e are frozen
+            frozen = model.freeze(params, x)
+            f = lambda p: model.surrogate_loss(p, x, frozen)
+        else:
+            f = lambda p: model.loss(p, x, noise)
+        _, grads, _ = model.loss_and_grads(params, x, noise)
+        r = check_grads(backend, f, params, grads, full_max=40, name=f"{name}/{lik}")
+        rows.append({"model": name + ("" if diag == "softplus" else f"({diag})"),
+                     "likelihood": lik, "max_rel_err": r.max_rel_err,
+                     "worst": r.worst, "checks": r.n_checks, "ok": r.ok(rtol)})
     return rows
 
 

@@ -130,3 +130,24 @@ def test_compare_and_seeds_commands(tmp_path, capsys):
                  "--out", str(tmp_path / "s")]) == 0
     s = json.loads((tmp_path / "s" / "seeds.json").read_text())
     assert s["summary"]["perplexity"]["n"] == 2
+
+
+def test_gradcheck_command_fails_on_a_wrong_gradient(monkeypatch, capsys):
+    """The GPU user's trust check must be able to say no: break one backward pass."""
+    from scratchvae import nn
+
+    orig = nn.tanh_backward
+    monkeypatch.setattr(nn, "tanh_backward", lambda b, dy, y: 1.001 * orig(b, dy, y))
+    monkeypatch.setitem(nn.ACTIVATIONS, "tanh", (nn.tanh_forward, nn.tanh_backward))
+    assert main(["gradcheck", "--model", "vae"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and '"FAILED"' in out
+
+
+def test_cholesky_exp_diagonal_option(tmp_path):
+    out = tmp_path / "fc"
+    assert main(["--model", "fullcov", "--cholesky-diag", "exp", "--epochs", "1", "--hidden", "16",
+                 "--iwae-k", "5", "--quiet", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert np.isfinite(m["iwae_ll"])
+    assert m["config"]["cholesky_diag"] == "exp"

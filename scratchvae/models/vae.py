@@ -29,6 +29,7 @@ class VAEConfig:
     likelihood: str = "bernoulli"
     posterior: str = "diag"
     n_samples: int = 1
+    cholesky_diag: str = "softplus"   # diag(L) = softplus(d) + 1e-5, or "exp": exp(d)
 
     def to_dict(self):
         d = asdict(self)
@@ -46,7 +47,7 @@ class VAE:
             raise ValueError("latent_dim, n_samples and D must be positive integers")
         self.cfg, self.b = cfg, backend
         self.J = cfg.latent_dim
-        self.head = make_head(cfg.posterior, self.J)
+        self.head = make_head(cfg.posterior, self.J, cfg.cholesky_diag)
         self.lik = make_likelihood(cfg.likelihood)
         self.prior = StandardNormalPrior() if prior is None else prior
         self.encoder = MLP("encoder", (cfg.D, *cfg.hidden, self.head.n_out()), cfg.act)
