@@ -28,6 +28,36 @@ def _positive_float(s):
     return v
 
 
+def _fraction(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number")
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number")
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _hidden(s):
     try:
         sizes = tuple(int(t) for t in s.split(",") if t.strip())
@@ -59,7 +89,7 @@ def build_parser():
     p.add_argument("--download", action="store_true",
                    help="download missing MNIST / Fashion-MNIST files (SHA-256 checked)")
     p.add_argument("--limit", type=_positive_int, default=None,
-                   help="use only the first N training examples (quick runs)")
+                   help="use only the first N training and the first N test examples (quick runs)")
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help="training epochs (default per model: see scratchvae/experiment.py DEFAULTS)")
     p.add_argument("--batch-size", type=_positive_int, default=128)
@@ -83,9 +113,9 @@ def build_parser():
     p.add_argument("--decay-every", type=_positive_int, default=10)
     # gmvae
     p.add_argument("--clusters", type=_positive_int, default=10, help="gmvae: mixture components K")
-    p.add_argument("--pretrain-epochs", type=int, default=None,
+    p.add_argument("--pretrain-epochs", type=_nonneg_int, default=None,
                    help="gmvae: autoencoder pretraining epochs before the mixture is fitted")
-    p.add_argument("--pretrain-dropout", type=float, default=0.0,
+    p.add_argument("--pretrain-dropout", type=_fraction, default=0.0,
                    help="gmvae: input dropout of the (denoising) pretraining autoencoder")
     p.add_argument("--gmm-restarts", type=_positive_int, default=None,
                    help="gmvae: GaussianMixture restarts on the latent means (best likelihood wins)")
@@ -93,7 +123,7 @@ def build_parser():
     p.add_argument("--codebook-size", type=_positive_int, default=64, help="vqvae: codes K")
     p.add_argument("--codes-per-input", type=_positive_int, default=4,
                    help="vqvae: latent vectors M per input")
-    p.add_argument("--beta", type=float, default=0.25, help="vqvae: commitment weight")
+    p.add_argument("--beta", type=_nonneg_float, default=0.25, help="vqvae: commitment weight")
     p.add_argument("--codebook-update", default="ema", choices=("ema", "grad"),
                    help="vqvae: codebook learned by moving averages (ema) or by its loss (grad)")
     p.add_argument("--figures-to", default=None,
@@ -105,7 +135,10 @@ def build_parser():
     p.add_argument("--out", default=None, help="run folder (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", default=None,
                    help="checkpoint .npz (or run folder) to continue training / to evaluate")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints")
+    p.add_argument("--checkpoint-every", type=_nonneg_int, default=0,
+                   help="epochs between checkpoints (0: only at the end)")
+    p.add_argument("--force", action="store_true",
+                   help="allow --out to name a folder that already holds a run (it is overwritten)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--seeds", type=_positive_int, default=None,
                    help="compare / seeds: number of seeds (default 3)")
@@ -161,3 +194,7 @@ def main(argv=None) -> int:
     except (UsageError, DataError, CheckpointError, BackendError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (checkpoints written so far are kept; continue with --resume)",
+              file=sys.stderr)
+        return 130

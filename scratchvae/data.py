@@ -289,9 +289,10 @@ def _load_arrays(path: Path, test_fraction, split_seed) -> Dataset:
                 f"{path}: holds Python objects (dtype=object), which are not loaded for safety; "
                 "save a numeric array instead, e.g. np.save(path, x.astype(np.float32))"
             ) from exc
-        reason = "pickled data, which is not loaded for safety" if "pickled" in str(exc) else exc
+        # NumPy reports any file without the .npy magic as possibly "pickled"; say what we know
         raise DataError(
-            f"{path}: not a readable NumPy file ({reason}); save a numeric array with np.save / np.savez"
+            f"{path}: not a readable NumPy {path.suffix} file (no valid header, or it holds pickled "
+            "objects, which are never loaded); save a numeric array with np.save / np.savez"
         ) from exc
 
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating) or x.dtype == bool):

@@ -50,7 +50,6 @@ class Bernoulli:
 
     def backward(self, b, dll, cache):
         """dll (S, B) -> dout (S, B, D)."""
-        xp = b.xp
         x, out = cache
         return dll[..., None] * (x - b.sigmoid(out))
 
@@ -216,7 +215,7 @@ class CholeskyHead:
     def build_L(self, b, h):
         """h (B, n_out) -> mu (B, J), L (B, J, J), diag (B, J), d (B, J)."""
         xp = b.xp
-        J, T = self.J, self.T
+        J = self.J
         gather, _, eye = self._idx(b)
         B = h.shape[0]
         mu, d, o = h[:, :J], h[:, J:2 * J], h[:, 2 * J:]

@@ -12,14 +12,12 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from .backend import Backend
-from .data import DataError, load_dataset, validate
-from .train import (CheckpointError, TrainConfig, atomic_write, fit, load_checkpoint, restore,
-                    save_checkpoint)
+from .data import load_dataset, validate
+from .train import CheckpointError, TrainConfig, atomic_write, fit, load_checkpoint, restore
 
 
 class UsageError(ValueError):
@@ -131,6 +129,50 @@ def _jsonable(o):
 
 def default_out(model: str) -> str:
     return os.path.join("runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+class run_folder:
+    """``with run_folder(path, args) as out:`` -- create the output folder after checking it,
+    and if the run fails before writing a checkpoint, remove what it created (bad input never
+    leaves a half-written run behind).  A folder that already holds a run is refused unless
+    ``--force`` (or it is the folder being resumed)."""
+
+    def __init__(self, path, args, resuming=False):
+        self.path, self.created = os.fspath(path), False
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise UsageError(f"--out {self.path!r} is a file; name a folder")
+        if (os.path.isdir(self.path) and os.listdir(self.path) and not resuming
+                and not getattr(args, "force", False)):
+            raise UsageError(f"--out {self.path!r} already holds files; choose another folder, "
+                             "or pass --force to overwrite")
+
+    def __enter__(self):
+        if not os.path.isdir(self.path):
+            try:
+                os.makedirs(self.path)
+            except OSError as exc:
+                raise UsageError(f"cannot create the output folder {self.path!r}: "
+                                 f"{exc.strerror}") from exc
+            self.created = True
+        return self.path
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and self.created:
+            import shutil
+
+            has_ckpt = any(f == "checkpoint.npz" for _, _, fs in os.walk(self.path) for f in fs)
+            if not has_ckpt:
+                shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+
+def check_model_fits_data(name, args, ds):
+    """Option values that can only be judged against the data, checked before any work."""
+    if name == "gmvae" and args.clusters > ds.x_train.shape[0]:
+        raise UsageError(f"--clusters {args.clusters} exceeds the {ds.x_train.shape[0]} training "
+                         "examples; use fewer clusters or more data")
+    if name == "vqvae" and args.codebook_size > 1_000_000:
+        raise UsageError("--codebook-size above 1e6 is not supported")
 
 
 # --------------------------------------------------------------------------- data
@@ -343,14 +385,19 @@ def main_kl(args) -> dict:
 def main_seeds(args) -> dict:
     """Train ``--model`` with seeds 0..--seeds-1 (same data, options and budget) and report
     every scalar metric as mean +- std; for the GMVAE this is the clustering benchmark."""
-    from . import metrics as M
-
     if args.model in ("all", "kl"):
         raise UsageError("seeds needs one trainable model: --model vae|fullcov|gmvae|vqvae")
     backend0 = make_backend(args)
     ds = get_data(args, args.likelihood)
+    check_model_fits_data(args.model, args, ds)
     out = args.out or default_out(f"{args.model}-seeds")
-    os.makedirs(out, exist_ok=True)
+    with run_folder(out, args):
+        return _seeds(args, backend0, ds, out)
+
+
+def _seeds(args, backend0, ds, out) -> dict:
+    from . import metrics as M
+
     runs = []
     for seed in range(args.seeds):
         b = Backend(backend0.name, backend0.dtype_name, seed=seed)
@@ -391,10 +438,13 @@ def main_train(args) -> dict:
         if D != ds.D:
             raise CheckpointError(f"the checkpoint was trained on data with {D} features but "
                                   f"{args.data!r} has {ds.D}; use the same data set")
-    out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume and not
-                       os.path.isdir(args.resume) else args.resume) or default_out(args.model)
-    os.makedirs(out, exist_ok=True)
-    res = run_stage(args.model, args, backend, ds, out, resume)
+    check_model_fits_data(args.model, args, ds)
+    resume_dir = (os.path.dirname(os.path.abspath(args.resume)) if args.resume and not
+                  os.path.isdir(args.resume) else args.resume)
+    out = args.out or resume_dir or default_out(args.model)
+    resuming = bool(resume_dir) and os.path.abspath(out) == os.path.abspath(resume_dir)
+    with run_folder(out, args, resuming=resuming):
+        res = run_stage(args.model, args, backend, ds, out, resume)
     record = {**res, "config": {k: v for k, v in vars(args).items() if k not in ("func", "explicit")},
               "versions": versions(), **backend.describe(), "data": args.data, "seed": args.seed}
     write_json(os.path.join(out, "metrics.json"), record)
@@ -406,13 +456,16 @@ def main_compare(args) -> dict:
     """Mean-field vs full-covariance posterior (seed §2): the same data, seeds, network and
     budget; held-out importance-weighted log-likelihood mean +- std over ``--seeds`` seeds; and
     a 2-D latent model of each kind for the posterior-ellipse figure."""
-    from . import metrics as M
-    from . import plots
-
     backend0 = make_backend(args)
     ds = get_data(args, args.likelihood)
     out = args.out or default_out("compare")
-    os.makedirs(out, exist_ok=True)
+    with run_folder(out, args):
+        return _compare(args, backend0, ds, out)
+
+
+def _compare(args, backend0, ds, out) -> dict:
+    from . import metrics as M
+
     per = {"vae": [], "fullcov": []}
     rows = []
     for seed in range(args.seeds):
@@ -461,9 +514,19 @@ def main_eval(args) -> dict:
     if not args.resume:
         raise UsageError("eval needs a checkpoint: pass --resume path/to/checkpoint.npz (or its run folder)")
     ck = os.path.join(args.resume, "checkpoint.npz") if os.path.isdir(args.resume) else args.resume
+    if os.path.isdir(args.resume) and not os.path.exists(ck):
+        subs = sorted(d for d in os.listdir(args.resume)
+                      if os.path.exists(os.path.join(args.resume, d, "checkpoint.npz")))
+        if subs:
+            raise UsageError(f"{args.resume!r} is a tour folder; its checkpoints are in the "
+                             f"sub-folders {', '.join(subs)}: pass e.g. --resume "
+                             f"{os.path.join(args.resume, subs[0])}")
     params_h, _, info = load_checkpoint(ck)
     meta = info.get("meta", {})
     name, cfg = meta.get("model"), meta.get("model_config")
+    if args.model not in ("all", None) and name is not None and args.model != name:
+        raise UsageError(f"checkpoint {ck!r} holds a {name!r} model but --model is "
+                         f"{args.model!r}; drop --model or pass --model {name}")
     if name is None or cfg is None:
         raise CheckpointError(f"{ck!r} has no model description; was it written by scratchvae?")
     backend = make_backend(args)
@@ -555,7 +618,6 @@ def bench_step(model, backend, B, steps, seed=0, warmup=3):
     from . import nn
     from .optim import Adam
 
-    xp = backend.xp
     params = model.init_params(backend.rng("bench-init"))
     rng = np.random.default_rng(seed)
     x = backend.asarray((rng.random((B, model.cfg.D)) < 0.13).astype(np.float32))
@@ -673,12 +735,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main_all(args) -> dict:
     """``python run.py`` / ``--model all``: every part of the assignment on one data set, one
     sub-folder per stage, and ``report.md`` laying the numbers and figures next to the theory."""
-    from . import kl as KL
-
     backend = make_backend(args)
     ds = get_data(args, args.likelihood)
+    for stage in MODELS:
+        check_model_fits_data(stage, resolve_defaults(args, stage), ds)
     out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(out, exist_ok=True)
+    with run_folder(out, args):
+        return _tour(args, backend, ds, out)
+
+
+def _tour(args, backend, ds, out) -> dict:
+    from . import kl as KL
+
     results, seconds = {}, {}
     bar = None
     if not args.quiet:

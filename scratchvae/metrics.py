@@ -23,7 +23,7 @@ def iwae_metrics(model, params, X, *, k: int = 100, batch: int = 256, rng_tag="e
     # keep k * batch rows of decoder work per call
     bs = max(1, min(batch, 16384 // max(1, k)))
     for i in range(0, N, bs):
-        xb = X[i:i + bs, ...]
+        xb = X[i:min(i + bs, N), ...]   # the array API rejects out-of-range slice stops
         eps = model.sample_noise(b.rng(rng_tag, i), xb.shape[0], S=k)["eps"]
         logw, ll = model.log_weights(params, xb, eps)                    # (k, B)
         iw = b.logsumexp(logw, axis=0) - math.log(k)

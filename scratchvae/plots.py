@@ -238,8 +238,3 @@ def vq_compare_figure(runs: dict, K: int, path, title="codebook perplexity by up
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_fig(fig, path)
-
-
-# =========================================================================== command line
-VARIANTS = {"ema + restarts": ("ema", True), "ema, no restarts": ("ema", False),
-            "grad + restarts": ("grad", True), "grad, no restarts": ("grad", False)}

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,9 +73,13 @@ def blas_limit(backend, params, batch_size):
 
 
 def fit(model, params, X, tcfg: TrainConfig, **kw):
-    """Train ``model`` on device array ``X`` (N, D); see :func:`_fit` (this wrapper only picks
-    the BLAS thread count for the problem size)."""
-    with blas_limit(model.b, params, tcfg.batch_size):
+    """Train ``model`` on device array ``X`` (N, D); see :func:`_fit`.  This wrapper picks the
+    BLAS thread count for the problem size and, on NumPy, silences floating-point warnings:
+    a diverging run is reported once, by the finite-loss check at the end of each epoch."""
+    import contextlib
+
+    quiet = np.errstate(all="ignore") if model.b.name == "numpy" else contextlib.nullcontext()
+    with blas_limit(model.b, params, tcfg.batch_size), quiet:
         return _fit(model, params, X, tcfg, **kw)
 
 
@@ -185,7 +189,9 @@ def load_checkpoint(path):
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path!r} is not a readable .npz file ({exc})") from exc
+        raise CheckpointError(f"checkpoint {path!r} is not a readable .npz file written by "
+                              f"run.py ({exc.__class__.__name__}); pickled objects are never "
+                              "loaded") from exc
     if "__info__" not in arrays:
         raise CheckpointError(f"{path!r} is not a scratchvae checkpoint (no __info__ record)")
     info = json.loads(str(arrays.pop("__info__")))

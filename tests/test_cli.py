@@ -86,7 +86,7 @@ def test_unknown_option_values(capsys):
 def test_cupy_missing_is_one_sentence(capsys):
     pytest.importorskip("numpy")
     try:
-        import cupy  # noqa: F401
+        import cupy  # noqa: F401  (only whether it imports)
         pytest.skip("CuPy is installed here")
     except ImportError:
         pass
@@ -151,3 +151,36 @@ def test_cholesky_exp_diagonal_option(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(m["iwae_ll"])
     assert m["config"]["cholesky_diag"] == "exp"
+
+
+def test_output_folder_rules(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--model", "vae", "--epochs", "1", "--hidden", "8", "--iwae-k", "5", "--quiet"]
+    assert main(base + ["--out", str(out)]) == 0
+    err = _err(capsys, base + ["--out", str(out)])          # would overwrite a run
+    assert "already holds files" in err and "--force" in err
+    assert main(base + ["--out", str(out), "--force"]) == 0
+    (tmp_path / "afile").write_text("x")
+    assert "is a file" in _err(capsys, base + ["--out", str(tmp_path / "afile")])
+    # a run that fails before its first checkpoint leaves nothing behind
+    err = _err(capsys, base + ["--lr", "1e6", "--out", str(tmp_path / "diverged")])
+    assert "diverged" in err and "Warning" not in err
+    assert not (tmp_path / "diverged").exists()
+    err = _err(capsys, ["--model", "gmvae", "--clusters", "5000", "--quiet",
+                        "--out", str(tmp_path / "k")])
+    assert "--clusters 5000" in err and not (tmp_path / "k").exists()
+    for bad in (["--pretrain-dropout", "1.0"], ["--beta", "-1"], ["--checkpoint-every", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            main(["--model", "gmvae"] + bad)
+        assert e.value.code == 2
+
+
+def test_eval_hints(tmp_path, capsys):
+    tour = tmp_path / "tour"
+    (tour / "vae").mkdir(parents=True)
+    assert main(["--model", "vae", "--epochs", "1", "--hidden", "8", "--iwae-k", "5", "--quiet",
+                 "--out", str(tour / "vae"), "--force"]) == 0
+    err = _err(capsys, ["eval", "--resume", str(tour)])
+    assert "sub-folders vae" in err
+    err = _err(capsys, ["eval", "--resume", str(tour / "vae"), "--model", "gmvae"])
+    assert "holds a 'vae' model" in err

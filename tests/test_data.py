@@ -341,10 +341,10 @@ def test_user_file_problems(tmp_path):
     with pytest.raises(DataError, match="expected a .npy or .npz file, got '.csv'"):
         load_dataset(path=tmp_path / "table.csv")
     (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
-    with pytest.raises(DataError, match="not a readable NumPy file"):
+    with pytest.raises(DataError, match="not a readable NumPy .np[yz] file"):
         load_dataset(path=tmp_path / "junk.npy")
     (tmp_path / "junk.npz").write_bytes(b"PK not a zip")
-    with pytest.raises(DataError, match="not a readable NumPy file"):
+    with pytest.raises(DataError, match="not a readable NumPy .np[yz] file"):
         load_dataset(path=tmp_path / "junk.npz")
 
 

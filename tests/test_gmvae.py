@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from scratchvae.backend import Backend
-from scratchvae.distributions import DiagGaussianHead, MixturePrior, Posterior, log_q
+from scratchvae.distributions import MixturePrior, Posterior, log_q
 from scratchvae.gradcheck import check_grads
 from scratchvae.cluster import collapse_guard
 from scratchvae.models.gmvae import GMVAE, GMVAEConfig, PretrainAE

@@ -32,3 +32,14 @@ def test_quick_tour_report(tmp_path):
     # the table cells are the metrics, not placeholders
     assert not re.search(r"\bnan\b|\binf\b", report.lower())
     assert f"{m['gmvae']['acc']:.3f}" in report
+
+
+def test_quick_tour_on_array_api_strict(tmp_path):
+    """Every stage runs on array-api-strict: nothing outside the array API standard."""
+    out = tmp_path / "strict"
+    assert main(["--quick", "--quiet", "--backend", "strict", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["header"]["backend"] == "strict"
+    for stage in ("vae", "fullcov", "gmvae"):
+        assert math.isfinite(m[stage]["iwae_ll"])
+    assert math.isfinite(m["vqvae"]["perplexity"])

@@ -41,18 +41,18 @@ class GMVAE(VAE):
     def gamma(self, params, x):
         """q(c|x) at z = mu (the posterior mean): (B, K)."""
         post, _ = self.encode(params, x)
-        return self.prior.responsibilities(self.b, params, post.mu[None])[0]
+        return self.prior.responsibilities(self.b, params, post.mu[None, ...])[0, ...]
 
     def predict(self, params, X, batch: int = 1024):
         """Cluster of each row: argmax_c q(c|x), as a host (NumPy) int array."""
         xp = self.b.xp
-        parts = [xp.argmax(self.gamma(params, X[i:i + batch, ...]), axis=-1)
+        parts = [xp.argmax(self.gamma(params, X[i:min(i + batch, X.shape[0]), ...]), axis=-1)
                  for i in range(0, X.shape[0], batch)]
         return self.b.to_numpy(xp.concat(parts)).astype("int64")
 
     def latent_means(self, params, X, batch: int = 1024):
         """Posterior means mu(x) of every row, as a host (NumPy) array."""
-        parts = [self.encode(params, X[i:i + batch, ...])[0].mu for i in range(0, X.shape[0], batch)]
+        parts = [self.encode(params, X[i:min(i + batch, X.shape[0]), ...])[0].mu for i in range(0, X.shape[0], batch)]
         return self.b.to_numpy(self.b.xp.concat(parts))
 
 
@@ -88,7 +88,7 @@ class PretrainAE:
         h, enc_c = m.encoder.forward(b, params, x_in)
         mu = h[:, :m.J]
         out, dec_c = m.decoder.forward(b, params, mu)
-        ll, lik_c = m.lik.loglik(b, x, out[None])
+        ll, lik_c = m.lik.loglik(b, x, out[None, ...])
         return -xp.mean(ll), (h, enc_c, dec_c, lik_c)
 
     def loss(self, params, x, noise):
@@ -99,7 +99,7 @@ class PretrainAE:
         loss, (h, enc_c, dec_c, lik_c) = self._forward(params, x, noise)
         B = x.shape[0]
         dll = xp.full((1, B), -1.0 / B, dtype=b.dtype, device=b.device)
-        dout = m.lik.backward(b, dll, lik_c)[0]
+        dout = m.lik.backward(b, dll, lik_c)[0, ...]
         dmu, grads = m.decoder.backward(b, dout, dec_c)
         dh = xp.concat([dmu, xp.zeros((B, h.shape[1] - m.J), dtype=b.dtype, device=b.device)], axis=1)
         _, genc = m.encoder.backward(b, dh, enc_c, need_dx=False)

@@ -14,7 +14,7 @@ each example's ELBO summed over data and latent dimensions, in nats.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 
 from ..distributions import (StandardNormalPrior, log_q, make_head, make_likelihood)
 from ..nn import MLP

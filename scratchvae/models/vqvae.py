@@ -307,6 +307,11 @@ class VQVAE:
 
 
 # =========================================================================== figures
+# =========================================================================== command line
+VARIANTS = {"ema + restarts": ("ema", True), "ema, no restarts": ("ema", False),
+            "grad + restarts": ("grad", True), "grad, no restarts": ("grad", False)}
+
+
 def main(argv=None) -> dict:
     """python -m scratchvae.models.vqvae [--epochs N] [--update ema|grad] [--out DIR] [--compare]
 
