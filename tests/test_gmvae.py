@@ -213,7 +213,7 @@ def test_labels_never_steer_training(tmp_path):
     args = resolve_defaults(argparse.Namespace(
         model="gmvae", epochs=2, pretrain_epochs=2, batch_size=64, lr=None, lr_decay=None,
         decay_every=10, checkpoint_every=0, latent_dim=3, hidden=(16,), act="relu",
-        likelihood="bernoulli", posterior="diag", samples=1, clusters=4, seed=0,
+        likelihood="bernoulli", posterior="diag", cholesky_diag="softplus", samples=1, clusters=4, seed=0,
         pretrain_dropout=0.0, gmm_restarts=2, data="digits", quiet=True, iwae_k=5))
     outs = []
     for i, y in enumerate([ds.y_train, np.random.default_rng(0).permutation(ds.y_train), None]):
