@@ -775,7 +775,7 @@ def _tour(args, backend, ds, out) -> dict:
             bar.update(1)
     if bar is not None:
         bar.close()
-    header = {"command": "python run.py " + " ".join(sys.argv[1:]), "data": args.data,
+    header = {"command": " ".join(["python run.py", *sys.argv[1:]]), "data": args.data,
               "seed": args.seed, **backend.describe(), "versions": versions(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": seconds,
               "n_train": int(ds.x_train.shape[0]), "n_test": int(ds.x_test.shape[0])}
@@ -889,6 +889,10 @@ def render_report(out, header, R) -> str:
     vpath = os.path.join(out, "kl", "kl_variance.md")
     if os.path.exists(vpath):
         L += ["Gradient-estimator variance (reverse KL, scenario 3):", "", open(vpath).read(), ""]
+    if os.path.exists(os.path.join(out, "kl", "kl_snis.md")):
+        L += ["Self-normalised importance sampling of the forward KL (scenario 3, optional; biased "
+              "for finite n, and blind to a mode q misses): [kl/kl_snis.md](kl/kl_snis.md); the "
+              "derivation explains the numbers.", ""]
     v, fc = R["vae"], R["fullcov"]
     L += ["## §2 Full-covariance posterior (Cholesky head)", "",
           f"Derivation: {link('derivations/02-full-covariance.md')}; code: "
@@ -923,6 +927,7 @@ def render_report(out, header, R) -> str:
     L += ["## §4 VQ-VAE", "",
           f"Derivation: {link('derivations/04-vqvae.md')}; code: {link('scratchvae/quantize.py')}, "
           f"{link('scratchvae/models/vqvae.py')}.", "",
+          "Held-out split (the usage figure below counts the training split).", "",
           "| recon (nats) | recon_mse | perplexity | usage | dead codes | bits/dim |", "|---|---|---|---|---|---|",
           f"| {_f(q['recon'])} | {_f(q.get('recon_mse'), 4)} | {_f(q['perplexity'], 2)} | "
           f"{_f(q['usage'])} | {q['dead_codes']} | {_f(q.get('bits_per_dim'))} |", ""]

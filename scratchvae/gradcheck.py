@@ -92,7 +92,8 @@ def check_grads(backend, f, params: dict, grads: dict, *, h: float = 5e-4, full_
                 n += 1
                 details.append((k, i, ana, num, r))
                 if r > worst:
-                    worst, worst_at = r, f"{k}[{np.unravel_index(i, p0.shape)}]"
+                    idx = tuple(int(t) for t in np.unravel_index(i, p0.shape))
+                    worst, worst_at = r, f"{k}{list(idx)}"
         else:
             for d in range(n_dirs):
                 u = rng.standard_normal(p0.shape)
