@@ -102,6 +102,12 @@ def posterior_ellipses(mu, cov, path, title, labels=None, std=2.0):
         ax.add_patch(Ellipse(mu[i], 2 * std * np.sqrt(vals[1]), 2 * std * np.sqrt(vals[0]),
                              angle=angle, fill=False, color=color, lw=1.5))
         ax.plot(*mu[i], "o", color=color, ms=3)
+    if labels is not None:
+        from matplotlib.lines import Line2D
+
+        seen = sorted({int(v) for v in labels})
+        ax.legend([Line2D([], [], color=cmap(v % 10), lw=2) for v in seen], [str(v) for v in seen],
+                  title="label", loc="best", fontsize=8)
     ax.autoscale_view()
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("$z_1$")
