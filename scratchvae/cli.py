@@ -8,54 +8,28 @@ import sys
 COMMANDS = ("train", "eval", "gradcheck", "bench", "compare", "seeds")
 
 
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
+def _number(kind, ok, says):
+    """An argparse type: parse with ``kind`` (int or float), accept when ``ok(v)``; the error
+    names what was expected (``says``)."""
+    name = "an integer" if kind is int else "a number"
+
+    def parse(s):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not {name}")
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {says}, got {v}")
+        return v
+
+    return parse
 
 
-def _positive_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number")
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
-    return v
-
-
-def _fraction(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number")
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
-    return v
-
-
-def _nonneg_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number")
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _nonneg_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_nonneg_int = _number(int, lambda v: v >= 0, ">= 0")
+_positive_float = _number(float, lambda v: v > 0, "positive")
+_nonneg_float = _number(float, lambda v: v >= 0, ">= 0")
+_fraction = _number(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 
 
 def _hidden(s):
