@@ -186,7 +186,7 @@ class RNG:
     """Seeded random numbers on a backend's device, in its float dtype."""
 
     def __init__(self, backend: Backend, words):
-        self.b = backend
+        self.b, self.words = backend, list(words)
         if backend.name == "cupy":  # pragma: no cover - needs a GPU
             import cupy
 
@@ -205,9 +205,9 @@ class RNG:
         return out if b.name == "cupy" else b.asarray(out)
 
     def permutation_host(self, n: int) -> np.ndarray:
-        """A permutation of range(n) on the host (indices are tiny; one transfer per epoch)."""
-        return np.random.default_rng(self._g.integers(0, 2**63 - 1) if self.b.name != "cupy"
-                                     else int(self._g.integers(0, 2**31 - 1, size=1).get()[0])).permutation(n)
+        """A permutation of range(n) on the host (indices are tiny; one transfer per epoch).
+        Drawn from its own stream of the same key, so it is the same on every backend."""
+        return np.random.default_rng(np.random.SeedSequence(self.words + [0x5045524D])).permutation(n)
 
     def permutation(self, n: int):
         return self.b.asindex(self.permutation_host(n))
