@@ -155,3 +155,14 @@ def test_divergence_is_reported():
     p["decoder.0.W"] = p["decoder.0.W"] * float("nan")
     with pytest.raises(FloatingPointError, match="diverged"):
         fit(m, p, data(b), TrainConfig(epochs=1, batch_size=16), progress=False)
+
+
+def test_same_minibatches_on_every_backend():
+    """The epoch permutation depends only on (seed, key), not on the array library."""
+    a = Backend("numpy", "float32", seed=5).rng("main", "epoch", 3).permutation(50)
+    s = Backend("strict", "float64", seed=5, device_name="device1")
+    b = s.to_numpy(s.rng("main", "epoch", 3).permutation(50))
+    np.testing.assert_array_equal(a, b)
+    assert sorted(b.tolist()) == list(range(50))
+    c = Backend("numpy", "float32", seed=6).rng("main", "epoch", 3).permutation(50)
+    assert not np.array_equal(a, c)
