@@ -87,6 +87,9 @@ def build_parser():
     p.add_argument("--decay-every", type=_positive_int, default=10)
     # gmvae
     p.add_argument("--clusters", type=_positive_int, default=10, help="gmvae: mixture components K")
+    p.add_argument("--gamma", default="sample", choices=("sample", "optimal"),
+                   help="gmvae: q(c|x) as p(c|z) averaged over the samples (seed §3.3, default) "
+                        "or the ELBO's exact maximiser softmax(log pi - T/2)")
     p.add_argument("--pretrain-epochs", type=_nonneg_int, default=None,
                    help="gmvae: autoencoder pretraining epochs before the mixture is fitted")
     p.add_argument("--pretrain-dropout", type=_fraction, default=0.0,

@@ -348,11 +348,17 @@ class MixturePrior:
 
     name = "mixture"
 
-    def __init__(self, K: int, J: int, var_min: float = 1e-3):
+    def __init__(self, K: int, J: int, var_min: float = 1e-3, gamma: str = "sample"):
         if K < 1:
             raise ValueError(f"the mixture needs at least one component, got K={K}")
+        if gamma not in ("sample", "optimal"):
+            raise ValueError(f"gamma must be 'sample' or 'optimal', got {gamma!r}")
         self.K, self.J, self.var_min = int(K), int(J), float(var_min)
         self.lo = math.log(self.var_min)
+        # "sample": q(c|x) = 1/S sum_s p(c|z_s), the seed's §3.3 estimate (default).
+        # "optimal": q(c|x) = softmax_c(log pi_c - T_c / 2), the maximiser of the ELBO over
+        #  q(c|x) for fixed q(z|x) [03-gmvae.md#the-coordinate-ascent-optimum]; no sampling.
+        self.gamma_mode = gamma
 
     def init(self, b, rng) -> dict:
         return {"prior.pi_logits": b.zeros((self.K,)),
@@ -399,13 +405,16 @@ class MixturePrior:
         p = xp.exp(logp)
         # gamma = 1/S sum_s p(c|z_s); log gamma by log-sum-exp over samples (finite always)
         # [03-gmvae.md#stable-log-sum-exp-responsibilities]
-        log_gamma = b.logsumexp(logp, axis=0) - math.log(S)           # (B, K)
-        gamma = xp.exp(log_gamma)
         log_pi = self.log_pi(b, params)                                # (K,)
         dmu = post.mu[:, None, :] - params["prior.mu_c"]               # (B, K, J)
         # T_bc = sum_j log var_cj + var_bj / var_cj + (mu_bj - mu_cj)^2 / var_cj
         # [03-gmvae.md#the-gaussian-cross-entropy-lemma]
         T = xp.sum(logvar_c + (post.var[:, None, :] + dmu * dmu) * prec_c, axis=-1)   # (B, K)
+        if self.gamma_mode == "sample":
+            log_gamma = b.logsumexp(logp, axis=0) - math.log(S)       # (B, K)
+        else:
+            log_gamma = b.log_softmax(log_pi - 0.5 * T, axis=-1)
+        gamma = xp.exp(log_gamma)
         J = post.mu.shape[-1]
         reg = (-0.5 * xp.sum(gamma * T, axis=-1)
                + xp.sum(gamma * (log_pi - log_gamma), axis=-1)
@@ -424,21 +433,31 @@ class MixturePrior:
         dT = -0.5 * g * gamma                                          # (B, K)
         dlog_pi = xp.sum(g * gamma, axis=0)                            # (K,)
         dlogdet = 0.5 * dreg
+        if self.gamma_mode == "optimal":
+            # gamma = softmax(log pi - T / 2): softmax backward into log pi and T.  (At this
+            # optimum dgamma is the same for every c, so this is ~0: the envelope theorem.)
+            du = gamma * (dgamma - xp.sum(gamma * dgamma, axis=-1, keepdims=True))
+            dlog_pi = dlog_pi + xp.sum(du, axis=0)
+            dT = dT - 0.5 * du
         # T -> mu, var (posterior) and mu_c, logvar_c
         w = dT[:, :, None] * prec_c                                    # (B, K, J)
         dmu_post = xp.sum(2.0 * w * dmu, axis=1)                       # (B, J)
         dvar_post = xp.sum(w, axis=1)                                  # (B, J)
         dmu_c = -xp.sum(2.0 * w * dmu, axis=0)                         # (K, J)
         dlogvar_c = xp.sum(dT[:, :, None] - w * (post.var[:, None, :] + dmu * dmu), axis=0)
-        # gamma = 1/S sum_s softmax(a_s): softmax backward per sample
-        dp = dgamma[None, :, :] / S                                    # (S, B, K)
-        da = p * (dp - xp.sum(p * dp, axis=-1, keepdims=True))         # (S, B, K)
-        dlog_pi = dlog_pi + xp.sum(da, axis=(0, 1))
-        # a = log pi + log N(z | mu_c, var_c)
-        u = da[..., None] * diff * prec_c                              # (S, B, K, J)
-        dz = -xp.sum(u, axis=2)                                        # (S, B, J)
-        dmu_c = dmu_c + xp.sum(u, axis=(0, 1))
-        dlogvar_c = dlogvar_c + xp.sum(da[..., None] * (0.5 * diff * diff * prec_c - 0.5), axis=(0, 1))
+        if self.gamma_mode == "optimal":
+            dz = None                                                  # gamma does not see z
+        else:
+            # gamma = 1/S sum_s softmax(a_s): softmax backward per sample
+            dp = dgamma[None, :, :] / S                                # (S, B, K)
+            da = p * (dp - xp.sum(p * dp, axis=-1, keepdims=True))     # (S, B, K)
+            dlog_pi = dlog_pi + xp.sum(da, axis=(0, 1))
+            # a = log pi + log N(z | mu_c, var_c)
+            u = da[..., None] * diff * prec_c                          # (S, B, K, J)
+            dz = -xp.sum(u, axis=2)                                    # (S, B, J)
+            dmu_c = dmu_c + xp.sum(u, axis=(0, 1))
+            dlogvar_c = dlogvar_c + xp.sum(da[..., None] * (0.5 * diff * diff * prec_c - 0.5),
+                                           axis=(0, 1))
         # parameterisations: log_softmax of the logits, smooth floor of the log-variances
         pi = xp.exp(log_pi)
         dlogits = dlog_pi - pi * xp.sum(dlog_pi)

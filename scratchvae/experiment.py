@@ -94,6 +94,7 @@ def model_config(name: str, args, D: int) -> dict:
         cfg["cholesky_diag"] = args.cholesky_diag
     if name == "gmvae":
         cfg["clusters"] = args.clusters
+        cfg["gamma"] = args.gamma
     return cfg
 
 

@@ -34,10 +34,10 @@ def randomise_prior(b, m, p, seed):
 
 @given(lik=st.sampled_from(["bernoulli", "gaussian"]), post=st.sampled_from(["diag", "cholesky"]),
        S=st.integers(1, 3), B=st.integers(1, 4), K=st.integers(1, 4), J=st.integers(1, 3),
-       seed=st.integers(0, 2**31 - 1))
-def test_gmvae_loss_grad(b64, lik, post, S, B, K, J, seed):
+       gamma=st.sampled_from(["sample", "optimal"]), seed=st.integers(0, 2**31 - 1))
+def test_gmvae_loss_grad(b64, lik, post, S, B, K, J, gamma, seed):
     """Every parameter, prior included, against five-point differences (rel. err <= 1e-6)."""
-    m = model(b64, K=K, J=J, likelihood=lik, posterior=post, n_samples=S)
+    m = model(b64, K=K, J=J, likelihood=lik, posterior=post, n_samples=S, gamma=gamma)
     p = randomise_prior(b64, m, m.init_params(b64.rng("i", seed)), seed)
     r = b64.rng("data", seed)
     x, noise = r.uniform((B, 6)), m.sample_noise(r, B)
@@ -204,17 +204,16 @@ def test_strict_device_gmvae_step():
 def test_labels_never_steer_training(tmp_path):
     """The recipe is label-free: training with the true labels, shuffled labels or none gives
     bit-identical parameters (labels are only ever reported)."""
-    import argparse
-
     from scratchvae.data import load_dataset
     from scratchvae.experiment import resolve_defaults, train_vae_like
 
     ds = load_dataset("digits", limit=200)
-    args = resolve_defaults(argparse.Namespace(
-        model="gmvae", epochs=2, pretrain_epochs=2, batch_size=64, lr=None, lr_decay=None,
-        decay_every=10, checkpoint_every=0, latent_dim=3, hidden=(16,), act="relu",
-        likelihood="bernoulli", posterior="diag", cholesky_diag="softplus", samples=1, clusters=4, seed=0,
-        pretrain_dropout=0.0, gmm_restarts=2, data="digits", quiet=True, iwae_k=5))
+    from scratchvae.cli import build_parser
+
+    args = resolve_defaults(build_parser().parse_args(
+        ["--model", "gmvae", "--epochs", "2", "--pretrain-epochs", "2", "--batch-size", "64",
+         "--latent-dim", "3", "--hidden", "16", "--clusters", "4", "--gmm-restarts", "2",
+         "--iwae-k", "5", "--quiet"]))
     outs = []
     for i, y in enumerate([ds.y_train, np.random.default_rng(0).permutation(ds.y_train), None]):
         d = load_dataset("digits", limit=200)
@@ -225,3 +224,33 @@ def test_labels_never_steer_training(tmp_path):
     for k in outs[0]:
         np.testing.assert_array_equal(outs[0][k], outs[1][k])
         np.testing.assert_array_equal(outs[0][k], outs[2][k])
+
+
+def test_optimal_gamma_maximises_the_elbo(b64):
+    """q(c|x) = softmax(log pi - T/2) is the ELBO's maximiser over q(c|x) for fixed q(z|x)
+    [03-gmvae.md#the-coordinate-ascent-optimum]: its bound is never below the sampled gamma's,
+    and nudging it in any direction on the simplex lowers the bound."""
+    for post in ("diag", "cholesky"):
+        ms = model(b64, K=4, J=3, posterior=post, n_samples=2)
+        mo = model(b64, K=4, J=3, posterior=post, n_samples=2, gamma="optimal")
+        p = randomise_prior(b64, ms, ms.init_params(b64.rng("i")), 4)
+        x = b64.rng("x").uniform((6, 6))
+        noise = ms.sample_noise(b64.rng("e"), 6)
+        h, _ = ms.encoder.forward(b64, p, x)
+        z, q, _ = ms.head.forward(b64, h, noise["eps"])
+        reg_s, _ = ms.prior.terms(b64, p, z, q)
+        reg_o, cache = mo.prior.terms(b64, p, z, q)
+        assert np.all(b64.to_numpy(reg_o) >= b64.to_numpy(reg_s) - 1e-12)
+        g = b64.to_numpy(cache[2])
+        T, log_pi = b64.to_numpy(cache[5]), b64.to_numpy(cache[4])
+        f = lambda gm: (-0.5 * np.sum(gm * T, -1) + np.sum(gm * (log_pi - np.log(gm)), -1))
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            d = rng.standard_normal(g.shape)
+            d -= d.mean(-1, keepdims=True)                     # stay on the simplex
+            assert np.all(f(g + 1e-4 * d) < f(g))
+
+
+def test_gamma_option_rejects_unknown():
+    with pytest.raises(ValueError, match="gamma must be"):
+        MixturePrior(3, 2, gamma="mean")

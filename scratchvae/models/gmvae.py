@@ -22,10 +22,11 @@ from .vae import VAE, VAEConfig
 class GMVAEConfig(VAEConfig):
     clusters: int = 10
     var_min: float = 1e-3          # floor of the component variances var_c
+    gamma: str = "sample"          # q(c|x): "sample" (seed §3.3) or "optimal" (coordinate ascent)
 
     def vae_config(self) -> VAEConfig:
         d = asdict(self)
-        d.pop("clusters"), d.pop("var_min")
+        d.pop("clusters"), d.pop("var_min"), d.pop("gamma")
         return VAEConfig(**d)
 
 
@@ -35,7 +36,7 @@ class GMVAE(VAE):
     def __init__(self, cfg: GMVAEConfig, backend):
         self.gcfg = cfg
         super().__init__(cfg.vae_config(), backend,
-                         prior=MixturePrior(cfg.clusters, cfg.latent_dim, cfg.var_min))
+                         prior=MixturePrior(cfg.clusters, cfg.latent_dim, cfg.var_min, cfg.gamma))
         self.cfg = cfg
 
     def gamma(self, params, x):
