@@ -217,6 +217,13 @@ def _mean(xp, v):
     return xp.mean(v, axis=-1)
 
 
+def _draw_q(backend, params, eps):
+    """x = m + sigma eps with sigma = exp(rho), and log q(x) = -1/2 log 2pi - rho - eps^2/2."""
+    m, rho = params["m"], params["rho"]
+    sigma = backend.xp.exp(rho)
+    return sigma, m + sigma * eps, -0.5 * LOG2PI - rho - 0.5 * eps * eps
+
+
 def _reverse_reparam(backend, log_target, score_target, params, eps, stl=False) -> Estimate:
     """Shared body of the reparameterisation estimator of E_q[log q - log target] (eq. 1.7).
 
@@ -229,10 +236,8 @@ def _reverse_reparam(backend, log_target, score_target, params, eps, stl=False) 
     variance vanishes where q = target.
     """
     xp = backend.xp
-    m, rho = params["m"], params["rho"]
-    sigma = xp.exp(rho)
-    x = m + sigma * eps                                             # (..., n)
-    f = (-0.5 * LOG2PI - rho - 0.5 * eps * eps) - log_target(x)    # log q(x) - log target(x)
+    sigma, x, logq = _draw_q(backend, params, eps)                 # (..., n)
+    f = logq - log_target(x)                                        # log q(x) - log target(x)
     g = score_target(x)                                             # d/dx log target
     if stl:
         grads = {"m": -_mean(xp, eps / sigma + g), "rho": -_mean(xp, eps * eps + g * sigma * eps)}
@@ -312,10 +317,8 @@ def reverse_kl_score(backend, oracle, params, eps, baseline: str = "loo") -> Est
     p = UnnormalisedDensity(oracle)
     xp = backend.xp
     n = eps.shape[-1]
-    m, rho = params["m"], params["rho"]
-    sigma = xp.exp(rho)
-    x = m + sigma * eps
-    f = (-0.5 * LOG2PI - rho - 0.5 * eps * eps) - p.log_unnorm(x)
+    sigma, x, logq = _draw_q(backend, params, eps)
+    f = logq - p.log_unnorm(x)
     if baseline == "loo":
         if n < 2:
             raise ValueError("the leave-one-out baseline needs at least 2 samples per estimate")
@@ -342,10 +345,8 @@ def forward_kl_snis(backend, oracle, params, eps) -> Estimate:
     p = UnnormalisedDensity(oracle)
     xp = backend.xp
     n = eps.shape[-1]
-    m, rho = params["m"], params["rho"]
-    sigma = xp.exp(rho)
-    x = m + sigma * eps
-    logw = p.log_unnorm(x) - (-0.5 * LOG2PI - rho - 0.5 * eps * eps)
+    sigma, x, logq = _draw_q(backend, params, eps)
+    logw = p.log_unnorm(x) - logq
     lse = backend.logsumexp(logw, axis=-1, keepdims=True)
     wbar = xp.exp(logw - lse)
     log_Z_hat = xp.squeeze(lse, axis=-1) - math.log(n)
