@@ -1,6 +1,7 @@
 """The command line end to end: outputs of a run, and one clear error (exit 2, no partial
 output) for every kind of bad input."""
 import json
+import re
 import os
 
 import numpy as np
@@ -184,3 +185,24 @@ def test_eval_hints(tmp_path, capsys):
     assert "sub-folders vae" in err
     err = _err(capsys, ["eval", "--resume", str(tour / "vae"), "--model", "gmvae"])
     assert "holds a 'vae' model" in err
+
+
+def test_readme_commands_parse():
+    """Every concrete `python run.py ...` in the README is a valid command line (placeholders
+    such as M, J and [a|b] are filled with real values)."""
+    import pathlib
+    import shlex
+
+    from scratchvae.cli import build_parser
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    cmds = set(re.findall(r"`python run\.py([^`]*)`", readme))
+    assert len(cmds) >= 6
+    for c in cmds:
+        if "[train|" in c:
+            continue                                    # the synopsis line
+        c = c.replace("[--latent-dim J]", "--latent-dim 10").replace(" M ", " vae ").replace(" J ", " 10 ")
+        c = re.sub(r"\bJ$", "10", c.strip())
+        if c.strip() == "--help":
+            continue
+        build_parser().parse_args(shlex.split(c))
