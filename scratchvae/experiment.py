@@ -190,18 +190,13 @@ def get_data(args, likelihood):
 
 
 # --------------------------------------------------------------------------- train
-def train_vae_like(name, args, backend, ds, out, resume=None):
-    """Train a VAE-family model (vae, fullcov, gmvae); returns (metrics, model, params, history)."""
-    from . import metrics as M
-    from . import plots
-
-    gm = name == "gmvae"
+def _setup(name, args, backend, ds, resume):
+    """Train config, and the model with its parameters: built fresh, or restored from a
+    checkpoint (``resume`` = load_checkpoint's triple).  -> (tcfg, cfg, model, params, opt,
+    step, history, meta); ``opt`` is None for a fresh model."""
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        lr_decay=args.lr_decay, decay_every=args.decay_every,
                        checkpoint_every=args.checkpoint_every)
-    X = backend.asarray(ds.x_train)
-    Xt = backend.asarray(ds.x_test)
-    extra = {}
     if resume is not None:
         params_h, opt_h, info = resume
         cfg = info["meta"]["model_config"]
@@ -213,10 +208,23 @@ def train_vae_like(name, args, backend, ds, out, resume=None):
         model = build_model(name, cfg, backend)
         params = model.init_params(backend.rng("init"))
         opt, step, history = None, 0, []
-        if gm:
-            extra.update(gmvae_initialise(model, params, X, args))
     meta = {"model": name, "model_config": cfg, "train_config": tcfg.__dict__,
             "data": args.data, "seed": args.seed, **backend.describe()}
+    return tcfg, cfg, model, params, opt, step, history, meta
+
+
+def train_vae_like(name, args, backend, ds, out, resume=None):
+    """Train a VAE-family model (vae, fullcov, gmvae); returns (metrics, model, params, history)."""
+    from . import metrics as M
+    from . import plots
+
+    gm = name == "gmvae"
+    tcfg, cfg, model, params, opt, step, history, meta = _setup(name, args, backend, ds, resume)
+    X = backend.asarray(ds.x_train)
+    Xt = backend.asarray(ds.x_test)
+    extra = {}
+    if gm and resume is None:
+        extra.update(gmvae_initialise(model, params, X, args))
     on_epoch, track = (gmvae_epoch_hook(model, X, ds.y_train, extra) if gm else (None, None))
     t0 = time.perf_counter()
     params, opt, step, history = fit(model, params, X, tcfg, opt=opt, step=step,
@@ -332,23 +340,8 @@ def train_vqvae(args, backend, ds, out, resume=None):
     """Train the VQ-VAE; returns (metrics, model, params, history)."""
     from .plots import vq_figures
 
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       lr_decay=args.lr_decay, decay_every=args.decay_every,
-                       checkpoint_every=args.checkpoint_every)
-    if resume is not None:
-        params_h, opt_h, info = resume
-        cfg = info["meta"]["model_config"]
-        model = build_model("vqvae", cfg, backend)
-        params, opt = restore(model, params_h, opt_h, info, tcfg)
-        step, history = info["step"], info.get("history", [])
-    else:
-        cfg = model_config("vqvae", args, ds.D)
-        model = build_model("vqvae", cfg, backend)
-        params = model.init_params(backend.rng("init"))
-        opt, step, history = None, 0, []
+    tcfg, cfg, model, params, opt, step, history, meta = _setup("vqvae", args, backend, ds, resume)
     X, Xt = backend.asarray(ds.x_train), backend.asarray(ds.x_test)
-    meta = {"model": "vqvae", "model_config": cfg, "train_config": tcfg.__dict__,
-            "data": args.data, "seed": args.seed, **backend.describe()}
     t0 = time.perf_counter()
     params, opt, step, history = fit(model, params, X, tcfg, opt=opt, step=step, history=history,
                                      desc="vqvae", progress=not args.quiet,

@@ -121,9 +121,9 @@ def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, histor
             for k, v in aux.items():
                 if not k.startswith("_"):        # "_..." entries are tensors for post_step
                     ep_aux[k] = v if k not in ep_aux else ep_aux[k] + v
-            run_loss = loss if run_loss is None else run_loss + loss
-            run_n += 1
-            if bar is not None:
+            if bar is not None:                  # running loss only for the progress bar
+                run_loss = loss if run_loss is None else run_loss + loss
+                run_n += 1
                 bar.update(1)
                 if run_n >= tcfg.log_every:
                     bar.set_postfix(loss=f"{float(run_loss) / run_n:.3f}", epoch=epoch + 1)
