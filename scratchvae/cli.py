@@ -94,8 +94,18 @@ def build_parser():
                    help="gmvae: autoencoder pretraining epochs before the mixture is fitted")
     p.add_argument("--pretrain-dropout", type=_fraction, default=0.0,
                    help="gmvae: input dropout of the (denoising) pretraining autoencoder")
+    p.add_argument("--init", default="graph", choices=("graph", "gmm"),
+                   help="gmvae: mixture initialisation -- spectral partition of the consensus "
+                        "neighbour graph of data and latent means, then the anchored warm-up "
+                        "(default), or GaussianMixture on the latent means")
+    p.add_argument("--graph-k", type=_positive_int, default=10,
+                   help="gmvae --init graph: neighbours per point in each k-NN graph")
+    p.add_argument("--anchor-epochs", type=_nonneg_int, default=None,
+                   help="gmvae --init graph: warm-up epochs with q(c|x) fixed to the partition "
+                        "(default 20)")
     p.add_argument("--gmm-restarts", type=_positive_int, default=None,
-                   help="gmvae: GaussianMixture restarts on the latent means (best likelihood wins)")
+                   help="gmvae --init gmm: GaussianMixture restarts on the latent means (best "
+                        "likelihood wins)")
     # vqvae
     p.add_argument("--codebook-size", type=_positive_int, default=64, help="vqvae: codes K")
     p.add_argument("--codes-per-input", type=_positive_int, default=4,

@@ -4,12 +4,19 @@ A GMVAE trained from a random start rarely clusters well; these steps make it wo
 looks at labels:
 
 1. autoencoder pretraining (``scratchvae/models/gmvae.py`` :class:`PretrainAE`);
-2. the mixture initialised by scikit-learn's ``GaussianMixture`` on the pretrained latent means,
-   ``n_init`` restarts, the best chosen by its own likelihood (:func:`init_mixture_from_codes`);
-3. the encoder's log-variance output initialised small relative to the code spread
+2. a partition of the training set by spectral clustering of the *consensus neighbour graph*:
+   an edge i-j is kept at full weight when j is among i's k nearest neighbours both in the data
+   and in the pretrained latent means (:func:`graph_partition`);
+3. the mixture initialised from that partition, one M-step of a diagonal Gaussian mixture on the
+   latent means (:func:`init_mixture_from_partition`), or -- ``--init gmm`` -- scikit-learn's
+   ``GaussianMixture`` on the latent means, ``n_init`` restarts, the best chosen by its own
+   likelihood (:func:`init_mixture_from_codes`);
+4. the anchored warm-up: a few epochs of the ELBO with q(c|x) set to that partition (models/
+   gmvae.py :class:`AnchoredGMVAE`), then the seed's q(c|x) = p(c|z);
+5. the encoder's log-variance output initialised small relative to the code spread
    (:func:`init_logvar_head`);
-4. learning-rate decay (``TrainConfig.lr_decay``);
-5. a guard against component collapse: after an epoch, a component whose weight fell below
+6. learning-rate decay (``TrainConfig.lr_decay``);
+7. a guard against component collapse: after an epoch, a component whose weight fell below
    ``pi_min / K`` is re-seeded by splitting the heaviest component (:func:`collapse_guard`).
 
 They run between epochs, on the host (NumPy / scikit-learn), and write device arrays back through
@@ -40,6 +47,73 @@ def init_mixture_from_codes(model, params, Z: np.ndarray, *, seed: int = 0,
     params["prior.logvar_c"] = prior.raw_from_logvar(b, b.asarray(np.log(var)))
     return {"gmm_loglik_per_point": float(gm.score(Z)), "gmm_converged": bool(gm.converged_),
             "gmm_weights": gm.weights_.tolist()}
+
+
+def knn_graph(F: np.ndarray, k: int):
+    """Symmetric 0/1 k-nearest-neighbour graph of the rows of F (sparse CSR, no self loops)."""
+    from sklearn.neighbors import kneighbors_graph
+
+    A = kneighbors_graph(F, n_neighbors=k, mode="connectivity", include_self=False)
+    return A.maximum(A.T).tocsr()
+
+
+def graph_partition(X: np.ndarray, Z: np.ndarray, K: int, *, k: int = 10, seed: int = 0,
+                    weak: float = 1e-3):
+    """Label-free partition of the N training rows into K clusters.
+
+    Two k-NN graphs, one on the data X (N, D) and one on the latent means Z (N, J), are combined
+    into the *consensus graph* A = A_x * A_z + weak (A_x + A_z): an edge has weight ~1 when both
+    spaces call the pair neighbours, ``weak`` when only one does (which keeps A connected
+    wherever either graph is).  Spectral clustering of A (normalised Laplacian, k-means on the
+    eigenvectors; scikit-learn) gives the partition.  Returns (labels (N,), report)."""
+    import warnings
+
+    from sklearn.cluster import SpectralClustering
+
+    N = X.shape[0]
+    if K > N:
+        raise ValueError(f"cannot partition {N} rows into {K} clusters")
+    k = max(1, min(int(k), N - 1))
+    Ax, Az = knn_graph(X, k), knn_graph(Z, k)
+    both = Ax.multiply(Az)
+    A = (both + weak * (Ax + Az)).tocsr()
+    if K == 1:
+        labels = np.zeros(N, dtype=np.int64)
+    else:
+        with warnings.catch_warnings():   # "graph is not fully connected": handled by k-means
+            warnings.simplefilter("ignore", UserWarning)
+            labels = SpectralClustering(n_clusters=K, affinity="precomputed", random_state=seed,
+                                        assign_labels="kmeans").fit_predict(A)
+    sizes = np.bincount(labels, minlength=K)
+    return labels.astype(np.int64), {
+        "graph_k": k, "graph_edges_data": int(Ax.nnz // 2), "graph_edges_latent": int(Az.nnz // 2),
+        "graph_edges_consensus": int(both.nnz // 2),
+        "partition_sizes": sizes.tolist()}
+
+
+def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray) -> dict:
+    """One M-step of a diagonal Gaussian mixture on the latent means Z (N, J) with hard
+    responsibilities ``labels``: pi_c = N_c / N, mu_c = mean, var_c = variance (floored at
+    1.5 var_min).  A cluster with fewer than 2 members starts at a random code with the overall
+    variance and weight 1 / N (the collapse guard may re-seed it later)."""
+    b, prior = model.b, model.prior
+    K, (N, J) = prior.K, Z.shape
+    Z = Z.astype(np.float64)
+    w = np.empty(K)
+    mu = np.empty((K, J))
+    var = np.empty((K, J))
+    rs = np.random.default_rng(0)
+    for c in range(K):
+        m = labels == c
+        if m.sum() >= 2:
+            w[c], mu[c], var[c] = m.sum(), Z[m].mean(0), Z[m].var(0)
+        else:
+            w[c], mu[c], var[c] = 1.0, Z[rs.integers(N)], Z.var(0)
+    var = np.maximum(var, 1.5 * prior.var_min)
+    params["prior.pi_logits"] = b.asarray(np.log(w / w.sum()))
+    params["prior.mu_c"] = b.asarray(mu)
+    params["prior.logvar_c"] = prior.raw_from_logvar(b, b.asarray(np.log(var)))
+    return {"init_weights": (w / w.sum()).tolist()}
 
 
 def init_logvar_head(model, params, Z: np.ndarray, ratio: float = 0.01):

@@ -397,19 +397,24 @@ class MixturePrior:
         a, *_ = self._log_joint(b, params, z)
         return b.softmax(a, axis=-1)
 
-    def terms(self, b, params, z, post):
+    def terms(self, b, params, z, post, q_c=None):
+        """Seed eq. 3.5 per example (B,) and the cache for :meth:`backward`.
+
+        ``q_c`` (B, K), optional: a *given* q(c|x) (rows on the simplex, e.g. the one-hot
+        anchor partition of the clustering recipe) used in place of gamma.  Eq. 3.2 is a lower
+        bound for any q(c|x), so this is still an ELBO; q_c is a constant (no gradient flows into
+        it).  [03-gmvae.md#a-given-qcx-the-anchored-warm-up]"""
         xp = b.xp
         S = z.shape[0]
+        if q_c is not None:
+            return self._terms_given(b, params, post, q_c)
         a, diff, prec_c, logvar_c = self._log_joint(b, params, z)
         logp = b.log_softmax(a, axis=-1)                               # log p(c | z_s)  (S, B, K)
         p = xp.exp(logp)
         # gamma = 1/S sum_s p(c|z_s); log gamma by log-sum-exp over samples (finite always)
         # [03-gmvae.md#stable-log-sum-exp-responsibilities]
         log_pi = self.log_pi(b, params)                                # (K,)
-        dmu = post.mu[:, None, :] - params["prior.mu_c"]               # (B, K, J)
-        # T_bc = sum_j log var_cj + var_bj / var_cj + (mu_bj - mu_cj)^2 / var_cj
-        # [03-gmvae.md#the-gaussian-cross-entropy-lemma]
-        T = xp.sum(logvar_c + (post.var[:, None, :] + dmu * dmu) * prec_c, axis=-1)   # (B, K)
+        T, dmu, _ = self._T(b, params, post)                           # (B, K), (B, K, J)
         if self.gamma_mode == "sample":
             log_gamma = b.logsumexp(logp, axis=0) - math.log(S)       # (B, K)
         else:
@@ -422,10 +427,36 @@ class MixturePrior:
         cache = (S, p, gamma, log_gamma, log_pi, T, dmu, diff, prec_c, post, params)
         return reg, cache
 
+    def _T(self, b, params, post):
+        """T_bc = sum_j log var_cj + var_bj / var_cj + (mu_bj - mu_cj)^2 / var_cj  (B, K), and
+        pieces for backward.  [03-gmvae.md#the-gaussian-cross-entropy-lemma]"""
+        xp = b.xp
+        logvar_c = self.logvar_c(b, params)
+        prec_c = xp.exp(-logvar_c)
+        dmu = post.mu[:, None, :] - params["prior.mu_c"]               # (B, K, J)
+        T = xp.sum(logvar_c + (post.var[:, None, :] + dmu * dmu) * prec_c, axis=-1)
+        return T, dmu, prec_c
+
+    def _terms_given(self, b, params, post, q_c):
+        xp = b.xp
+        if tuple(q_c.shape) != (post.mu.shape[0], self.K):
+            raise ValueError(f"q_c must have shape (batch, K) = ({post.mu.shape[0]}, {self.K}), "
+                             f"got {tuple(q_c.shape)}")
+        T, dmu, prec_c = self._T(b, params, post)
+        log_pi = self.log_pi(b, params)
+        # sum_c q_c log(pi_c / q_c), with 0 log 0 = 0 (a one-hot q is allowed)
+        qlogq = q_c * xp.log(xp.where(q_c > 0, q_c, xp.ones_like(q_c)))
+        J = post.mu.shape[-1]
+        reg = (-0.5 * xp.sum(q_c * T, axis=-1) + xp.sum(q_c * log_pi - qlogq, axis=-1)
+               + 0.5 * (J + post.logdet))
+        return reg, ("given", q_c, log_pi, dmu, prec_c, post, params)
+
     def backward(self, b, dreg, cache):
         """dreg (B,) -> (dz, dmu, dvar, dlogdet, grads of the prior parameters).
         [03-gmvae.md#gradients-of-the-mixture-terms]"""
         xp = b.xp
+        if cache[0] == "given":
+            return self._backward_given(b, dreg, cache)
         S, p, gamma, log_gamma, log_pi, T, dmu, diff, prec_c, post, params = cache
         g = dreg[:, None]                                              # (B, 1)
         # direct partial derivatives of reg
@@ -458,9 +489,30 @@ class MixturePrior:
             dmu_c = dmu_c + xp.sum(u, axis=(0, 1))
             dlogvar_c = dlogvar_c + xp.sum(da[..., None] * (0.5 * diff * diff * prec_c - 0.5),
                                            axis=(0, 1))
-        # parameterisations: log_softmax of the logits, smooth floor of the log-variances
+        return (dz, dmu_post, dvar_post, dlogdet,
+                self._param_grads(b, params, log_pi, dlog_pi, dmu_c, dlogvar_c))
+
+    def _param_grads(self, b, params, log_pi, dlog_pi, dmu_c, dlogvar_c):
+        """Through the parameterisations: log_softmax of the logits, the smooth floor of the
+        log-variances."""
+        xp = b.xp
         pi = xp.exp(log_pi)
         dlogits = dlog_pi - pi * xp.sum(dlog_pi)
         draw = dlogvar_c * b.sigmoid(params["prior.logvar_c"] - self.lo)
-        grads = {"prior.pi_logits": dlogits, "prior.mu_c": dmu_c, "prior.logvar_c": draw}
-        return dz, dmu_post, dvar_post, dlogdet, grads
+        return {"prior.pi_logits": dlogits, "prior.mu_c": dmu_c, "prior.logvar_c": draw}
+
+    def _backward_given(self, b, dreg, cache):
+        """Backward of eq. 3.5 with a given (constant) q(c|x): only the T and log pi terms carry
+        gradient.  [03-gmvae.md#a-given-qcx-the-anchored-warm-up]"""
+        xp = b.xp
+        _, q_c, log_pi, dmu, prec_c, post, params = cache
+        g = dreg[:, None]
+        dT = -0.5 * g * q_c                                            # (B, K)
+        dlog_pi = xp.sum(g * q_c, axis=0)
+        w = dT[:, :, None] * prec_c                                    # (B, K, J)
+        dmu_post = xp.sum(2.0 * w * dmu, axis=1)
+        dvar_post = xp.sum(w, axis=1)
+        dmu_c = -xp.sum(2.0 * w * dmu, axis=0)
+        dlogvar_c = xp.sum(dT[:, :, None] - w * (post.var[:, None, :] + dmu * dmu), axis=0)
+        return (None, dmu_post, dvar_post, 0.5 * dreg,
+                self._param_grads(b, params, log_pi, dlog_pi, dmu_c, dlogvar_c))

@@ -56,8 +56,9 @@ DEFAULTS = {
     "vqvae": {"epochs": 60, "lr": 1e-3, "lr_decay": 1.0, "latent_dim": 8},
 }
 FALLBACK = {"epochs": 60, "lr": 1e-3, "lr_decay": 1.0, "pretrain_epochs": 30, "latent_dim": 10,
-            "iwae_k": 200, "gmm_restarts": 10, "seeds": 3}
-QUICK = {"epochs": 2, "pretrain_epochs": 2, "iwae_k": 10, "gmm_restarts": 2, "seeds": 2}
+            "iwae_k": 200, "gmm_restarts": 10, "seeds": 3, "anchor_epochs": 20}
+QUICK = {"epochs": 2, "pretrain_epochs": 2, "iwae_k": 10, "gmm_restarts": 2, "seeds": 2,
+         "anchor_epochs": 2}
 
 
 def resolve_defaults(args, model=None):
@@ -225,6 +226,9 @@ def train_vae_like(name, args, backend, ds, out, resume=None):
     extra = {}
     if gm and resume is None:
         extra.update(gmvae_initialise(model, params, X, args))
+        part = extra.pop("partition", None)
+        if part is not None and ds.y_train is not None:   # reported only, never used
+            extra["partition_acc"] = M.cluster_acc(ds.y_train, part)
     on_epoch, track = (gmvae_epoch_hook(model, X, ds.y_train, extra) if gm else (None, None))
     t0 = time.perf_counter()
     params, opt, step, history = fit(model, params, X, tcfg, opt=opt, step=step,
@@ -255,13 +259,15 @@ def train_vae_like(name, args, backend, ds, out, resume=None):
 
 # --------------------------------------------------------------------------- gmvae recipe
 def gmvae_initialise(model, params, X, args) -> dict:
-    """Pretrain the autoencoder, then initialise the mixture and the variance head from the
-    latent means (seed-controlled, label-free)."""
-    from .cluster import init_logvar_head, init_mixture_from_codes
-    from .models.gmvae import PretrainAE
+    """Pretrain the autoencoder, initialise the mixture and the variance head from the latent
+    means, and (``--init graph``) run the anchored warm-up.  Seed-controlled and label-free:
+    only ``X`` is seen.  [03-gmvae.md#the-clustering-recipe]"""
+    from .cluster import (graph_partition, init_logvar_head, init_mixture_from_codes,
+                          init_mixture_from_partition)
+    from .models.gmvae import AnchoredGMVAE, PretrainAE
 
     t0 = time.perf_counter()
-    rep = {}
+    rep = {"init": args.init}
     if args.pretrain_epochs > 0:
         pcfg = TrainConfig(epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=1e-3)
         _, _, _, ph = fit(PretrainAE(model, drop=args.pretrain_dropout), params, X, pcfg,
@@ -269,8 +275,25 @@ def gmvae_initialise(model, params, X, args) -> dict:
                           progress=not args.quiet, rng_tag="pretrain")
         rep["pretrain_recon"] = ph[-1]["loss"]
     Z = model.latent_means(params, X)
-    rep.update(init_mixture_from_codes(model, params, Z, seed=args.seed, n_init=args.gmm_restarts))
-    init_logvar_head(model, params, Z)
+    if args.init == "gmm":
+        rep.update(init_mixture_from_codes(model, params, Z, seed=args.seed,
+                                           n_init=args.gmm_restarts))
+        init_logvar_head(model, params, Z)
+    else:
+        Xh = model.b.to_numpy(X)
+        labels, grep_ = graph_partition(Xh.reshape(Xh.shape[0], -1), Z, model.prior.K,
+                                        k=args.graph_k, seed=args.seed)
+        rep.update(grep_)
+        rep.update(init_mixture_from_partition(model, params, Z, labels))
+        init_logvar_head(model, params, Z)
+        rep["partition"] = labels
+        if args.anchor_epochs > 0:
+            anch = AnchoredGMVAE(model)
+            Q = model.b.one_hot(model.b.asindex(labels), model.prior.K)
+            acfg = TrainConfig(epochs=args.anchor_epochs, batch_size=args.batch_size, lr=args.lr)
+            _, _, _, ah = fit(anch, params, anch.pack(X, Q), acfg, desc="gmvae anchored warm-up",
+                              progress=not args.quiet, rng_tag="anchor")
+            rep["anchor_loss"] = ah[-1]["loss"]
     rep["pretrain_seconds"] = time.perf_counter() - t0
     return rep
 

@@ -106,3 +106,42 @@ class PretrainAE:
         _, genc = m.encoder.backward(b, dh, enc_c, need_dx=False)
         grads.update(genc)
         return loss, grads, {"recon": loss}
+
+
+class AnchoredGMVAE:
+    """The GMVAE trained with a *given* q(c|x) instead of gamma = p(c|z): the anchored warm-up
+    of the clustering recipe.  Eq. 3.2 is a lower bound on log p(x) for any q(c|x), so the loss
+    is still a negative ELBO; with q(c|x) fixed to a partition found on a neighbour graph, the
+    encoder and the mixture learn to make that partition's clusters Gaussian in z before the
+    seed's q(c|x) = p(c|z) takes over.  [03-gmvae.md#a-given-qcx-the-anchored-warm-up]
+
+    The training rows carry their q(c|x): the data matrix is ``[x | q]`` of shape (N, D + K)
+    (see :meth:`pack`), so the ordinary training loop shuffles both together."""
+
+    kind = "gmvae-anchored"
+
+    def __init__(self, model: GMVAE):
+        self.m, self.b, self.cfg = model, model.b, model.cfg
+        self.D, self.K = model.cfg.D, model.prior.K
+
+    def pack(self, X, Q):
+        """Device arrays X (N, D) and Q (N, K) -> the training matrix [X | Q]."""
+        if Q.shape != (X.shape[0], self.K):
+            raise ValueError(f"q(c|x) must have shape (N, K) = ({X.shape[0]}, {self.K}), got "
+                             f"{tuple(Q.shape)}")
+        return self.b.xp.concat([X, self.b.xp.astype(Q, X.dtype)], axis=1)
+
+    def init_params(self, rng):
+        return self.m.init_params(rng)
+
+    def sample_noise(self, rng, B, S=None):
+        return self.m.sample_noise(rng, B, S)
+
+    def _split(self, xq, noise):
+        return xq[:, :self.D], {**noise, "q_c": xq[:, self.D:]}
+
+    def loss(self, params, xq, noise):
+        return self.m.loss(params, *self._split(xq, noise))
+
+    def loss_and_grads(self, params, xq, noise):
+        return self.m.loss_and_grads(params, *self._split(xq, noise))

@@ -74,7 +74,9 @@ class VAE:
         z, post, head_c = self.head.forward(b, h, eps)                     # (S, B, J)
         out, dec_c = self.decoder.forward(b, params, xp.reshape(z, (S * B, self.J)))
         ll, lik_c = self.lik.loglik(b, x, xp.reshape(out, (S, B, out.shape[-1])))  # (S, B)
-        reg, prior_c = self.prior.terms(b, params, z, post)               # (B,)
+        # a given q(c|x) (the GMVAE's anchored warm-up) travels with the noise
+        kw = {"q_c": noise["q_c"]} if "q_c" in noise else {}
+        reg, prior_c = self.prior.terms(b, params, z, post, **kw)         # (B,)
         rec = xp.mean(ll, axis=0)                                          # (B,)  1/S sum_s
         elbo = rec + reg                                                   # (B,)
         loss = -xp.mean(elbo)
