@@ -10,7 +10,7 @@ from scratchvae.backend import Backend
 from scratchvae.distributions import MixturePrior, Posterior, log_q
 from scratchvae.gradcheck import check_grads
 from scratchvae.cluster import collapse_guard
-from scratchvae.models.gmvae import GMVAE, GMVAEConfig, PretrainAE
+from scratchvae.models.gmvae import AnchoredGMVAE, GMVAE, GMVAEConfig, PretrainAE
 from scratchvae.models.vae import VAE, VAEConfig
 
 RTOL = 1e-6
@@ -254,3 +254,70 @@ def test_optimal_gamma_maximises_the_elbo(b64):
 def test_gamma_option_rejects_unknown():
     with pytest.raises(ValueError, match="gamma must be"):
         MixturePrior(3, 2, gamma="mean")
+
+
+# --------------------------------------------------------------------------- a given q(c|x)
+def _random_q(b, B, K, seed, one_hot):
+    rng = np.random.default_rng(seed)
+    if one_hot:
+        return b.asarray(np.eye(K)[rng.integers(0, K, B)])
+    q = rng.dirichlet(np.ones(K), B)
+    q[:, 0] = 0.0                                   # a zero entry: 0 log 0 = 0
+    q /= q.sum(-1, keepdims=True) if K > 1 else 1.0
+    return b.asarray(q if K > 1 else np.ones((B, 1)))
+
+
+@given(lik=st.sampled_from(["bernoulli", "gaussian"]), post=st.sampled_from(["diag", "cholesky"]),
+       S=st.integers(1, 3), B=st.integers(1, 4), K=st.integers(1, 4), J=st.integers(1, 3),
+       one_hot=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_anchored_loss_grad(b64, lik, post, S, B, K, J, one_hot, seed):
+    """The anchored warm-up's loss (eq. 3.5 with a given q(c|x)): every parameter, prior
+    included, against five-point differences (rel. err <= 1e-6)."""
+    m = model(b64, K=K, J=J, likelihood=lik, posterior=post, n_samples=S)
+    a = AnchoredGMVAE(m)
+    p = randomise_prior(b64, m, m.init_params(b64.rng("i", seed)), seed)
+    r = b64.rng("data", seed)
+    xq = a.pack(r.uniform((B, 6)), _random_q(b64, B, K, seed, one_hot))
+    noise = a.sample_noise(r, B)
+    _, grads, _ = a.loss_and_grads(p, xq, noise)
+    assert set(grads) == set(p)
+    res = check_grads(b64, lambda q: a.loss(q, xq, noise), p, grads)
+    assert res.ok(RTOL), (res.max_rel_err, res.worst)
+
+
+@pytest.mark.parametrize("post", ["diag", "cholesky"])
+def test_given_q_is_the_same_bound(b64, post):
+    """Eq. 3.5 with q(c|x) given equals eq. 3.5 with gamma computed, when the given q is that
+    gamma; for any other q it is a lower bound, maximised by softmax(log pi - T/2); a one-hot q
+    gives exactly -T_c/2 + log pi_c + (J + log det)/2."""
+    ms = model(b64, K=4, J=3, posterior=post, n_samples=3)
+    mo = model(b64, K=4, J=3, posterior=post, n_samples=3, gamma="optimal")
+    p = randomise_prior(b64, ms, ms.init_params(b64.rng("i")), 5)
+    x = b64.rng("x").uniform((6, 6))
+    h, _ = ms.encoder.forward(b64, p, x)
+    z, q, _ = ms.head.forward(b64, h, ms.sample_noise(b64.rng("e"), 6)["eps"])
+    reg_s, cache_s = ms.prior.terms(b64, p, z, q)
+    reg_g, _ = ms.prior.terms(b64, p, z, q, q_c=cache_s[2])
+    np.testing.assert_allclose(b64.to_numpy(reg_g), b64.to_numpy(reg_s), rtol=1e-12)
+    reg_o, cache_o = mo.prior.terms(b64, p, z, q)
+    for seed in range(5):
+        reg_r, _ = ms.prior.terms(b64, p, z, q, q_c=_random_q(b64, 6, 4, seed, seed % 2 == 0))
+        assert np.all(b64.to_numpy(reg_r) <= b64.to_numpy(reg_o) + 1e-12)
+    np.testing.assert_allclose(
+        b64.to_numpy(ms.prior.terms(b64, p, z, q, q_c=cache_o[2])[0]), b64.to_numpy(reg_o), rtol=1e-12)
+    lab = np.array([0, 1, 2, 3, 0, 1])
+    reg_1, _ = ms.prior.terms(b64, p, z, q, q_c=b64.asarray(np.eye(4)[lab]))
+    T, log_pi = b64.to_numpy(cache_o[5]), b64.to_numpy(cache_o[4])
+    want = -0.5 * T[np.arange(6), lab] + log_pi[lab] + 0.5 * (3 + b64.to_numpy(q.logdet))
+    np.testing.assert_allclose(b64.to_numpy(reg_1), want, rtol=1e-12)
+
+
+def test_anchored_pack_rejects_wrong_shape(b64):
+    a = AnchoredGMVAE(model(b64, K=3))
+    with pytest.raises(ValueError, match=r"q\(c\|x\) must have shape \(N, K\) = \(4, 3\)"):
+        a.pack(b64.zeros((4, 6)), b64.zeros((4, 2)))
+    m = model(b64, K=3)
+    p = m.init_params(b64.rng("i"))
+    z, q, _ = m.head.forward(b64, b64.zeros((2, 4)), b64.zeros((1, 2, 2)))
+    with pytest.raises(ValueError, match="q_c must have shape"):
+        m.prior.terms(b64, p, z, q, q_c=b64.zeros((2, 5)))

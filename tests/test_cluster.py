@@ -1,0 +1,69 @@
+"""The host-side clustering recipe (scratchvae/cluster.py): the consensus-graph partition and the
+mixture initialised from it.  [03-gmvae.md#the-clustering-recipe]"""
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from scratchvae.backend import Backend
+from scratchvae.cluster import graph_partition, init_mixture_from_partition, knn_graph
+from scratchvae.models.gmvae import GMVAE, GMVAEConfig
+
+
+def blobs(n_per=40, K=3, D=6, sep=8.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = sep * rng.standard_normal((K, D))
+    y = np.repeat(np.arange(K), n_per)
+    return centres[y] + rng.standard_normal((K * n_per, D)), y
+
+
+def test_knn_graph_is_symmetric_without_self_loops():
+    X, _ = blobs()
+    A = knn_graph(X, 5)
+    assert (A != A.T).nnz == 0
+    assert A.diagonal().sum() == 0
+    assert np.all(np.asarray(A.sum(1)).ravel() >= 5)      # each row keeps its own 5 neighbours
+
+
+def test_graph_partition_recovers_separated_clusters():
+    """Three well-separated blobs, seen through two different views (the data and a random
+    linear map of it standing in for the latent means): the partition is exact."""
+    X, y = blobs()
+    Z = X @ np.random.default_rng(1).standard_normal((6, 2))
+    labels, rep = graph_partition(X, Z, 3, k=8, seed=0)
+    assert adjusted_rand_score(y, labels) == 1.0
+    assert sorted(rep["partition_sizes"]) == [40, 40, 40]
+    assert rep["graph_edges_consensus"] <= min(rep["graph_edges_data"], rep["graph_edges_latent"])
+
+
+def test_graph_partition_edge_cases():
+    X, _ = blobs(n_per=2, K=2)
+    labels, rep = graph_partition(X, X, 1, k=50)            # K = 1; k clipped to N - 1
+    assert np.all(labels == 0) and rep["graph_k"] == 3
+    with pytest.raises(ValueError, match="cannot partition 4 rows into 5 clusters"):
+        graph_partition(X, X, 5)
+
+
+def test_init_mixture_from_partition_is_one_m_step():
+    b = Backend("numpy", "float64", seed=0)
+    m = GMVAE(GMVAEConfig(D=6, latent_dim=2, hidden=(5,), clusters=3), b)
+    p = m.init_params(b.rng("i"))
+    Z, _ = blobs(n_per=10, K=3, D=2)
+    labels = np.repeat(np.arange(3), 10)
+    labels[0] = 2                                          # uneven sizes 9, 10, 11
+    init_mixture_from_partition(m, p, Z, labels)
+    pi = np.exp(b.to_numpy(m.prior.log_pi(b, p)))
+    np.testing.assert_allclose(pi, [9 / 30, 10 / 30, 11 / 30], rtol=1e-12)
+    for c in range(3):
+        np.testing.assert_allclose(b.to_numpy(p["prior.mu_c"])[c], Z[labels == c].mean(0), rtol=1e-12)
+        np.testing.assert_allclose(np.exp(b.to_numpy(m.prior.logvar_c(b, p)))[c],
+                                   Z[labels == c].var(0), rtol=1e-9)
+
+
+def test_init_mixture_from_partition_survives_an_empty_cluster():
+    b = Backend("numpy", "float64", seed=0)
+    m = GMVAE(GMVAEConfig(D=6, latent_dim=2, hidden=(5,), clusters=3), b)
+    p = m.init_params(b.rng("i"))
+    Z, _ = blobs(n_per=10, K=2, D=2)
+    init_mixture_from_partition(m, p, Z, np.repeat([0, 1], 10))   # cluster 2 is empty
+    pi = np.exp(b.to_numpy(m.prior.log_pi(b, p)))
+    assert np.all(np.isfinite(b.to_numpy(p["prior.mu_c"]))) and pi[2] == pytest.approx(1 / 21)
