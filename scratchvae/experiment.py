@@ -173,6 +173,13 @@ def check_model_fits_data(name, args, ds):
     if name == "gmvae" and args.clusters > ds.x_train.shape[0]:
         raise UsageError(f"--clusters {args.clusters} exceeds the {ds.x_train.shape[0]} training "
                          "examples; use fewer clusters or more data")
+    if name == "gmvae":
+        explicit = getattr(args, "explicit", set())
+        if args.init == "gmm" and "anchor_epochs" in explicit:
+            raise UsageError("--anchor-epochs applies to --init graph (the warm-up anchors q(c|x) "
+                             "to the graph partition); drop it or use --init graph")
+        if args.init == "graph" and "gmm_restarts" in explicit:
+            raise UsageError("--gmm-restarts applies to --init gmm; drop it or pass --init gmm")
     if name == "vqvae" and args.codebook_size > 1_000_000:
         raise UsageError("--codebook-size above 1e6 is not supported")
 

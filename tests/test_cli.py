@@ -170,6 +170,10 @@ def test_output_folder_rules(tmp_path, capsys):
     err = _err(capsys, ["--model", "gmvae", "--clusters", "5000", "--quiet",
                         "--out", str(tmp_path / "k")])
     assert "--clusters 5000" in err and not (tmp_path / "k").exists()
+    for combo, says in ((["--init", "gmm", "--anchor-epochs", "3"], "--anchor-epochs applies to --init graph"),
+                        (["--gmm-restarts", "3"], "--gmm-restarts applies to --init gmm")):
+        err = _err(capsys, ["--model", "gmvae", "--quiet", "--out", str(tmp_path / "c")] + combo)
+        assert says in err and not (tmp_path / "c").exists()
     for bad in (["--pretrain-dropout", "1.0"], ["--beta", "-1"], ["--checkpoint-every", "-1"]):
         with pytest.raises(SystemExit) as e:
             main(["--model", "gmvae"] + bad)

@@ -201,7 +201,9 @@ def test_strict_device_gmvae_step():
     assert step == 8 and all(math.isfinite(h["loss"]) for h in hist)
 
 
-def test_labels_never_steer_training(tmp_path):
+@pytest.mark.parametrize("init", [["--init", "graph", "--anchor-epochs", "2"],
+                                  ["--init", "gmm", "--gmm-restarts", "2"]], ids=["graph", "gmm"])
+def test_labels_never_steer_training(tmp_path, init):
     """The recipe is label-free: training with the true labels, shuffled labels or none gives
     bit-identical parameters (labels are only ever reported)."""
     from scratchvae.data import load_dataset
@@ -212,8 +214,8 @@ def test_labels_never_steer_training(tmp_path):
 
     args = resolve_defaults(build_parser().parse_args(
         ["--model", "gmvae", "--epochs", "2", "--pretrain-epochs", "2", "--batch-size", "64",
-         "--latent-dim", "3", "--hidden", "16", "--clusters", "4", "--gmm-restarts", "2",
-         "--iwae-k", "5", "--quiet"]))
+         "--latent-dim", "3", "--hidden", "16", "--clusters", "4", "--iwae-k", "5",
+         "--quiet"] + init))
     outs = []
     for i, y in enumerate([ds.y_train, np.random.default_rng(0).permutation(ds.y_train), None]):
         d = load_dataset("digits", limit=200)

@@ -6,9 +6,10 @@ x | z ~ Bernoulli(f(z)) or N(mu_x, diag(sigma_x^2)).  Inference: q(z|x) from the
 
 The ELBO is the VAE's (models/vae.py) with the standard-normal prior swapped for
 :class:`~scratchvae.distributions.MixturePrior`, whose ``terms`` compute seed eq. 3.5 -- nothing
-is re-derived here.  This file adds :class:`PretrainAE`, the autoencoder that starts the clustering recipe; the
-host-side rest of the recipe (GaussianMixture initialisation, variance-head initialisation,
-collapse guard) is in ``scratchvae/cluster.py``.
+is re-derived here.  This file adds :class:`PretrainAE`, the autoencoder that starts the clustering
+recipe, and :class:`AnchoredGMVAE`, the warm-up with q(c|x) given; the host-side rest of the recipe
+(neighbour-graph partition, mixture and variance-head initialisation, collapse guard) is in
+``scratchvae/cluster.py``.
 """
 from __future__ import annotations
 
