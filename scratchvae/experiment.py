@@ -301,6 +301,7 @@ def gmvae_initialise(model, params, X, args) -> dict:
             _, _, _, ah = fit(anch, params, anch.pack(X, Q), acfg, desc="gmvae anchored warm-up",
                               progress=not args.quiet, rng_tag="anchor")
             rep["anchor_loss"] = ah[-1]["loss"]
+        rep["anchor_epochs"] = args.anchor_epochs
     rep["pretrain_seconds"] = time.perf_counter() - t0
     return rep
 
@@ -942,6 +943,12 @@ def render_report(out, header, R) -> str:
           f"| {_f(g.get('acc'))} | {_f(g.get('nmi'))} | {_f(g.get('ari'))} | {_f(g['iwae_ll'])} | "
           f"{_f(g['elbo'])} | {_f(g.get('train_acc'))} | {g.get('reseeded_components')} |", "",
           "Clustering metrics are on the held-out split; labels are used only to score.", ""]
+    if g.get("init") == "graph":
+        L += [f"Initialisation: spectral partition of the consensus {g.get('graph_k')}-NN graph "
+              f"({g.get('graph_edges_consensus')} edges agreed by data and latent means), "
+              f"training-split ACC of that partition {_f(g.get('partition_acc'))}; then "
+              f"{g.get('anchor_epochs', '')} anchored warm-up epochs "
+              f"([`03-gmvae.md`]({rel}/derivations/03-gmvae.md#the-consensus-neighbour-graph)).", ""]
     for f_, alt in (("samples.png", "samples per component"), ("latent.png", "latent means"),
                     ("weights.png", "mixture weights"), ("clustering.png", "ACC/NMI over training")):
         p = os.path.join(out, "gmvae", f_)

@@ -5,7 +5,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from scratchvae.backend import Backend
-from scratchvae.cluster import graph_partition, init_mixture_from_partition, knn_graph
+from scratchvae.cluster import (graph_partition, init_mixture_from_partition, knn_graph,
+                                spectral_clustering)
 from scratchvae.models.gmvae import GMVAE, GMVAEConfig
 
 
@@ -67,3 +68,20 @@ def test_init_mixture_from_partition_survives_an_empty_cluster():
     init_mixture_from_partition(m, p, Z, np.repeat([0, 1], 10))   # cluster 2 is empty
     pi = np.exp(b.to_numpy(m.prior.log_pi(b, p)))
     assert np.all(np.isfinite(b.to_numpy(p["prior.mu_c"]))) and pi[2] == pytest.approx(1 / 21)
+
+
+@pytest.mark.parametrize("n", [10, 40])        # dense eigh path, LOBPCG path
+def test_spectral_clustering_finds_components(n):
+    """K disjoint cliques: the eigenvalue 1 of D^-1/2 A D^-1/2 has multiplicity K (a single-vector
+    Lanczos solver finds one copy only); the partition must be the components exactly."""
+    import scipy.sparse as sp
+
+    K = 4
+    sizes = [n, n + 3, n + 7, n + 1]
+    blocks = [np.ones((m, m)) - np.eye(m) for m in sizes]
+    A = sp.block_diag(blocks).tocsr()
+    y = np.repeat(np.arange(K), sizes)
+    labels = spectral_clustering(A, K, seed=1)
+    assert adjusted_rand_score(y, labels) == 1.0
+    with pytest.raises(ValueError, match="at least one edge"):
+        spectral_clustering(sp.csr_matrix((5, 5)), 2)
