@@ -470,12 +470,7 @@ class MixturePrior:
             du = gamma * (dgamma - xp.sum(gamma * dgamma, axis=-1, keepdims=True))
             dlog_pi = dlog_pi + xp.sum(du, axis=0)
             dT = dT - 0.5 * du
-        # T -> mu, var (posterior) and mu_c, logvar_c
-        w = dT[:, :, None] * prec_c                                    # (B, K, J)
-        dmu_post = xp.sum(2.0 * w * dmu, axis=1)                       # (B, J)
-        dvar_post = xp.sum(w, axis=1)                                  # (B, J)
-        dmu_c = -xp.sum(2.0 * w * dmu, axis=0)                         # (K, J)
-        dlogvar_c = xp.sum(dT[:, :, None] - w * (post.var[:, None, :] + dmu * dmu), axis=0)
+        dmu_post, dvar_post, dmu_c, dlogvar_c = self._through_T(b, dT, dmu, prec_c, post)
         if self.gamma_mode == "optimal":
             dz = None                                                  # gamma does not see z
         else:
@@ -491,6 +486,17 @@ class MixturePrior:
                                            axis=(0, 1))
         return (dz, dmu_post, dvar_post, dlogdet,
                 self._param_grads(b, params, log_pi, dlog_pi, dmu_c, dlogvar_c))
+
+    def _through_T(self, b, dT, dmu, prec_c, post):
+        """dT (B, K) -> gradients of the posterior mean and variance (B, J) and of mu_c and
+        log var_c (K, J).  [03-gmvae.md#through-t]"""
+        xp = b.xp
+        w = dT[:, :, None] * prec_c                                    # (B, K, J)
+        dmu_post = xp.sum(2.0 * w * dmu, axis=1)                       # (B, J)
+        dvar_post = xp.sum(w, axis=1)                                  # (B, J)
+        dmu_c = -xp.sum(2.0 * w * dmu, axis=0)                         # (K, J)
+        dlogvar_c = xp.sum(dT[:, :, None] - w * (post.var[:, None, :] + dmu * dmu), axis=0)
+        return dmu_post, dvar_post, dmu_c, dlogvar_c
 
     def _param_grads(self, b, params, log_pi, dlog_pi, dmu_c, dlogvar_c):
         """Through the parameterisations: log_softmax of the logits, the smooth floor of the
@@ -509,10 +515,6 @@ class MixturePrior:
         g = dreg[:, None]
         dT = -0.5 * g * q_c                                            # (B, K)
         dlog_pi = xp.sum(g * q_c, axis=0)
-        w = dT[:, :, None] * prec_c                                    # (B, K, J)
-        dmu_post = xp.sum(2.0 * w * dmu, axis=1)
-        dvar_post = xp.sum(w, axis=1)
-        dmu_c = -xp.sum(2.0 * w * dmu, axis=0)
-        dlogvar_c = xp.sum(dT[:, :, None] - w * (post.var[:, None, :] + dmu * dmu), axis=0)
+        dmu_post, dvar_post, dmu_c, dlogvar_c = self._through_T(b, dT, dmu, prec_c, post)
         return (None, dmu_post, dvar_post, 0.5 * dreg,
                 self._param_grads(b, params, log_pi, dlog_pi, dmu_c, dlogvar_c))
