@@ -231,12 +231,12 @@ def train_vae_like(name, args, backend, ds, out, resume=None):
     X = backend.asarray(ds.x_train)
     Xt = backend.asarray(ds.x_test)
     extra = {}
+    on_epoch, track = (gmvae_epoch_hook(model, X, ds.y_train, extra) if gm else (None, None))
     if gm and resume is None:
-        extra.update(gmvae_initialise(model, params, X, args))
+        extra.update(gmvae_initialise(model, params, X, args, score=track["score"]))
         part = extra.pop("partition", None)
         if part is not None and ds.y_train is not None:   # reported only, never used
             extra["partition_acc"] = M.cluster_acc(ds.y_train, part)
-    on_epoch, track = (gmvae_epoch_hook(model, X, ds.y_train, extra) if gm else (None, None))
     t0 = time.perf_counter()
     params, opt, step, history = fit(model, params, X, tcfg, opt=opt, step=step,
                                      history=history, desc=name, progress=not args.quiet,
@@ -265,7 +265,7 @@ def train_vae_like(name, args, backend, ds, out, resume=None):
 
 
 # --------------------------------------------------------------------------- gmvae recipe
-def gmvae_initialise(model, params, X, args) -> dict:
+def gmvae_initialise(model, params, X, args, score=None) -> dict:
     """Pretrain the autoencoder, initialise the mixture and the variance head from the latent
     means, and (``--init graph``) run the anchored warm-up.  Seed-controlled and label-free:
     only ``X`` is seen.  [03-gmvae.md#the-clustering-recipe]"""
@@ -298,8 +298,11 @@ def gmvae_initialise(model, params, X, args) -> dict:
             anch = AnchoredGMVAE(model)
             Q = model.b.one_hot(model.b.asindex(labels), model.prior.K)
             acfg = TrainConfig(epochs=args.anchor_epochs, batch_size=args.batch_size, lr=args.lr)
+            last = args.anchor_epochs
+            on_anchor = (None if score is None else
+                         (lambda rec, p, o: score(rec["epoch"] - last, p)))   # epochs -A+1 .. 0
             _, _, _, ah = fit(anch, params, anch.pack(X, Q), acfg, desc="gmvae anchored warm-up",
-                              progress=not args.quiet, rng_tag="anchor")
+                              progress=not args.quiet, rng_tag="anchor", on_epoch=on_anchor)
             rep["anchor_loss"] = ah[-1]["loss"]
         rep["anchor_epochs"] = args.anchor_epochs
     rep["pretrain_seconds"] = time.perf_counter() - t0
@@ -308,21 +311,29 @@ def gmvae_initialise(model, params, X, args) -> dict:
 
 def gmvae_epoch_hook(model, X, y, extra):
     """Collapse guard after every epoch; ACC/NMI tracked for the figure when labels exist (the
-    labels are only ever reported, never used to choose anything)."""
+    labels are only ever reported, never used to choose anything).  ``track["score"]`` records
+    ACC/NMI alone (the anchored warm-up calls it with epochs -A+1 .. 0)."""
     from .metrics import clustering_metrics
     from .cluster import collapse_guard
 
     track = {"epoch": [], "acc": [], "nmi": [], "reseeded": 0}
 
+    def score(epoch, params):
+        if y is None:
+            return None
+        cm = clustering_metrics(y, model.predict(params, X))
+        track["epoch"].append(epoch)
+        track["acc"].append(cm["acc"])
+        track["nmi"].append(cm["nmi"])
+        return cm["acc"]
+
     def on_epoch(rec, params, opt):
         track["reseeded"] += collapse_guard(model, params, opt=opt)
-        if y is not None:
-            cm = clustering_metrics(y, model.predict(params, X))
-            track["epoch"].append(rec["epoch"])
-            track["acc"].append(cm["acc"])
-            track["nmi"].append(cm["nmi"])
-            rec["train_acc"] = cm["acc"]
+        acc = score(rec["epoch"], params)
+        if acc is not None:
+            rec["train_acc"] = acc
 
+    track["score"] = score
     return on_epoch, track
 
 
@@ -357,9 +368,13 @@ def gmvae_report(model, params, X, Xt, ds, out, track) -> dict:
     plots.bar(pi, os.path.join(out, "weights.png"), "gmvae: mixture weights pi_c",
               "component c", "pi_c")
     if track and track["epoch"]:
+        warm = min(track["epoch"]) <= 0
         plots.series(track["epoch"], {"ACC": track["acc"], "NMI": track["nmi"]},
                      os.path.join(out, "clustering.png"),
-                     "gmvae: clustering of the training set over training", "epoch", "score")
+                     "gmvae: clustering of the training set over training",
+                     "epoch (<= 0: anchored warm-up, q(c|x) = graph partition)" if warm else "epoch",
+                     "score", vline=0.5 if warm else None,
+                     vline_label="q(c|x) = p(c|z) from here" if warm else None)
     return res
 
 

@@ -158,11 +158,14 @@ def bar(values, path, title, xlabel, ylabel):
     return save_fig(fig, path)
 
 
-def series(x, ys: dict, path, title, xlabel, ylabel):
+def series(x, ys: dict, path, title, xlabel, ylabel, vline=None, vline_label=None):
+    """Curves ys[name] over x; ``vline``: an x position marked by a dashed line (a phase change)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, y in ys.items():
         ax.plot(x, y, label=name)
+    if vline is not None:
+        ax.axvline(vline, color="0.4", linestyle="--", linewidth=1, label=vline_label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
