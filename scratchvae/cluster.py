@@ -57,10 +57,12 @@ def knn_graph(F: np.ndarray, k: int):
     return A.maximum(A.T).tocsr()
 
 
-def spectral_clustering(A, K: int, *, seed: int = 0) -> np.ndarray:
+def spectral_clustering(A, K: int, *, seed: int = 0, report: dict | None = None) -> np.ndarray:
     """Normalised spectral clustering of a symmetric non-negative sparse graph A (N, N) with
     positive degrees (Ng, Jordan & Weiss, 2001): the K leading eigenvectors of
     D^-1/2 A D^-1/2, each row scaled to unit length, then k-means (10 restarts, best inertia).
+    ``report`` (a dict), if given, receives the eigenvalues and the largest eigen-residual
+    ||M v - lambda v|| (a check that the iterative solver converged).
     [03-gmvae.md#the-consensus-neighbour-graph]"""
     import warnings
 
@@ -74,16 +76,21 @@ def spectral_clustering(A, K: int, *, seed: int = 0) -> np.ndarray:
         raise ValueError("every node of the graph needs at least one edge")
     s = sp.diags(1.0 / np.sqrt(d))
     M = (s @ A @ s).tocsr()
-    if N <= 4 * K + 50:       # small: dense eigendecomposition
+    if N < 5 * K + 50:        # small (LOBPCG itself needs N >= 5K): dense eigendecomposition
         w, V = np.linalg.eigh(M.toarray())
-        V = V[:, -K:]
+        w, V = w[-K:], V[:, -K:]
     else:
         # LOBPCG, a block method: a disconnected graph has eigenvalue 1 once per component, and
-        # single-vector Lanczos (eigsh) finds only one copy of a repeated eigenvalue.
+        # single-vector Lanczos (eigsh) can miss copies of a repeated eigenvalue.  Convergence
+        # is checked below through the residuals, not through LOBPCG's warning.
         X0 = np.random.default_rng(seed).standard_normal((N, K))
-        with warnings.catch_warnings():        # "not reaching the requested tolerance"
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             w, V = lobpcg(M, X0, largest=True, tol=1e-6, maxiter=500)
+    if report is not None:
+        res = np.linalg.norm(M @ V - V * w[None, :], axis=0)
+        report["spectral_eigenvalues"] = np.sort(w)[::-1].tolist()
+        report["spectral_max_residual"] = float(res.max())
     V = V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
     return KMeans(n_clusters=K, n_init=10, random_state=seed).fit_predict(V).astype(np.int64)
 
@@ -100,30 +107,33 @@ def graph_partition(X: np.ndarray, Z: np.ndarray, K: int, *, k: int = 10, seed: 
     N = X.shape[0]
     if K > N:
         raise ValueError(f"cannot partition {N} rows into {K} clusters")
+    if K == 1 or N < 2:
+        return np.zeros(N, dtype=np.int64), {"graph_k": 0, "partition_sizes": [N]}
     k = max(1, min(int(k), N - 1))
     Ax, Az = knn_graph(X, k), knn_graph(Z, k)
     both = Ax.multiply(Az)
     A = (both + weak * (Ax + Az)).tocsr()
-    labels = np.zeros(N, dtype=np.int64) if K == 1 else spectral_clustering(A, K, seed=seed)
-    sizes = np.bincount(labels, minlength=K)
-    return labels, {
-        "graph_k": k, "graph_edges_data": int(Ax.nnz // 2), "graph_edges_latent": int(Az.nnz // 2),
-        "graph_edges_consensus": int(both.nnz // 2),
-        "partition_sizes": sizes.tolist()}
+    rep = {"graph_k": k, "graph_edges_data": int(Ax.nnz // 2),
+           "graph_edges_latent": int(Az.nnz // 2), "graph_edges_consensus": int(both.nnz // 2)}
+    labels = spectral_clustering(A, K, seed=seed, report=rep)
+    rep["partition_sizes"] = np.bincount(labels, minlength=K).tolist()
+    return labels, rep
 
 
-def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray) -> dict:
+def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray, *,
+                                seed: int = 0) -> dict:
     """One M-step of a diagonal Gaussian mixture on the latent means Z (N, J) with hard
     responsibilities ``labels``: pi_c = N_c / N, mu_c = mean, var_c = variance (floored at
-    1.5 var_min).  A cluster with fewer than 2 members starts at a random code with the overall
-    variance and weight 1 / N (the collapse guard may re-seed it later)."""
+    1.5 var_min).  A cluster with fewer than 2 members starts at a random code (drawn with
+    ``seed``) with the overall variance and a count of 1 before the weights are normalised
+    (the collapse guard may re-seed it later)."""
     b, prior = model.b, model.prior
     K, (N, J) = prior.K, Z.shape
     Z = Z.astype(np.float64)
     w = np.empty(K)
     mu = np.empty((K, J))
     var = np.empty((K, J))
-    rs = np.random.default_rng(0)
+    rs = np.random.default_rng(seed)
     for c in range(K):
         m = labels == c
         if m.sum() >= 2:

@@ -400,10 +400,11 @@ class MixturePrior:
     def terms(self, b, params, z, post, q_c=None):
         """Seed eq. 3.5 per example (B,) and the cache for :meth:`backward`.
 
-        ``q_c`` (B, K), optional: a *given* q(c|x) (rows on the simplex, e.g. the one-hot
-        anchor partition of the clustering recipe) used in place of gamma.  Eq. 3.2 is a lower
-        bound for any q(c|x), so this is still an ELBO; q_c is a constant (no gradient flows into
-        it).  [03-gmvae.md#a-given-qcx-the-anchored-warm-up]"""
+        ``q_c`` (B, K), optional: a *given* q(c|x) -- rows must be on the simplex (entries >= 0,
+        summing to 1; checked by ``AnchoredGMVAE.pack``, not here, to keep the step free of host
+        syncs), e.g. the one-hot partition of the clustering recipe -- used in place of gamma.
+        The ELBO of seed §3.2 is a lower bound for any q(c|x), so this is still an ELBO; q_c is a
+        constant (no gradient flows into it).  [03-gmvae.md#a-given-qcx-the-anchored-warm-up]"""
         xp = b.xp
         S = z.shape[0]
         if q_c is not None:

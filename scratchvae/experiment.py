@@ -291,7 +291,7 @@ def gmvae_initialise(model, params, X, args, score=None) -> dict:
         labels, grep_ = graph_partition(Xh.reshape(Xh.shape[0], -1), Z, model.prior.K,
                                         k=args.graph_k, seed=args.seed)
         rep.update(grep_)
-        rep.update(init_mixture_from_partition(model, params, Z, labels))
+        rep.update(init_mixture_from_partition(model, params, Z, labels, seed=args.seed))
         init_logvar_head(model, params, Z)
         rep["partition"] = labels
         if args.anchor_epochs > 0:

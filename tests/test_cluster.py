@@ -33,13 +33,19 @@ def test_graph_partition_recovers_separated_clusters():
     labels, rep = graph_partition(X, Z, 3, k=8, seed=0)
     assert adjusted_rand_score(y, labels) == 1.0
     assert sorted(rep["partition_sizes"]) == [40, 40, 40]
+    assert rep["spectral_max_residual"] < 1e-5               # the eigensolver converged
+    np.testing.assert_allclose(rep["spectral_eigenvalues"], 1.0, atol=1e-6)   # 3 components
     assert rep["graph_edges_consensus"] <= min(rep["graph_edges_data"], rep["graph_edges_latent"])
 
 
 def test_graph_partition_edge_cases():
     X, _ = blobs(n_per=2, K=2)
-    labels, rep = graph_partition(X, X, 1, k=50)            # K = 1; k clipped to N - 1
-    assert np.all(labels == 0) and rep["graph_k"] == 3
+    labels, rep = graph_partition(X, X, 1, k=50)            # K = 1: one cluster, no graph
+    assert np.all(labels == 0) and rep["partition_sizes"] == [4]
+    labels, rep = graph_partition(X, X, 2, k=50)            # k clipped to N - 1 (complete graph)
+    assert rep["graph_k"] == 3 and sum(rep["partition_sizes"]) == 4 and min(rep["partition_sizes"]) >= 1
+    labels, _ = graph_partition(X[:1], X[:1], 1)            # a single row
+    assert labels.tolist() == [0]
     with pytest.raises(ValueError, match="cannot partition 4 rows into 5 clusters"):
         graph_partition(X, X, 5)
 

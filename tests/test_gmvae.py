@@ -302,9 +302,15 @@ def test_given_q_is_the_same_bound(b64, post):
     reg_g, _ = ms.prior.terms(b64, p, z, q, q_c=cache_s[2])
     np.testing.assert_allclose(b64.to_numpy(reg_g), b64.to_numpy(reg_s), rtol=1e-12)
     reg_o, cache_o = mo.prior.terms(b64, p, z, q)
+    g_star = b64.to_numpy(cache_o[2])
     for seed in range(5):
-        reg_r, _ = ms.prior.terms(b64, p, z, q, q_c=_random_q(b64, 6, 4, seed, seed % 2 == 0))
+        r = _random_q(b64, 6, 4, seed, seed % 2 == 0)
+        reg_r, _ = ms.prior.terms(b64, p, z, q, q_c=r)
         assert np.all(b64.to_numpy(reg_r) <= b64.to_numpy(reg_o) + 1e-12)
+        # the gap is exactly KL(r || gamma*)   [03-gmvae.md#a-given-qcx-the-anchored-warm-up]
+        rh = b64.to_numpy(r)
+        kl = np.sum(np.where(rh > 0, rh * np.log(np.where(rh > 0, rh, 1.0) / g_star), 0.0), -1)
+        np.testing.assert_allclose(b64.to_numpy(reg_o) - b64.to_numpy(reg_r), kl, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(
         b64.to_numpy(ms.prior.terms(b64, p, z, q, q_c=cache_o[2])[0]), b64.to_numpy(reg_o), rtol=1e-12)
     lab = np.array([0, 1, 2, 3, 0, 1])
@@ -318,6 +324,9 @@ def test_anchored_pack_rejects_wrong_shape(b64):
     a = AnchoredGMVAE(model(b64, K=3))
     with pytest.raises(ValueError, match=r"q\(c\|x\) must have shape \(N, K\) = \(4, 3\)"):
         a.pack(b64.zeros((4, 6)), b64.zeros((4, 2)))
+    for bad in ([[0.5, 0.5, 0.5]] * 4, [[1.5, -0.5, 0.0]] * 4):
+        with pytest.raises(ValueError, match="must be a distribution"):
+            a.pack(b64.zeros((4, 6)), b64.asarray(np.array(bad)))
     m = model(b64, K=3)
     p = m.init_params(b64.rng("i"))
     z, q, _ = m.head.forward(b64, b64.zeros((2, 4)), b64.zeros((1, 2, 2)))

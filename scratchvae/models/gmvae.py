@@ -111,7 +111,7 @@ class PretrainAE:
 
 class AnchoredGMVAE:
     """The GMVAE trained with a *given* q(c|x) instead of gamma = p(c|z): the anchored warm-up
-    of the clustering recipe.  Eq. 3.2 is a lower bound on log p(x) for any q(c|x), so the loss
+    of the clustering recipe.  The seed §3.2 ELBO bounds log p(x) for any q(c|x), so the loss
     is still a negative ELBO; with q(c|x) fixed to a partition found on a neighbour graph, the
     encoder and the mixture learn to make that partition's clusters Gaussian in z before the
     seed's q(c|x) = p(c|z) takes over.  [03-gmvae.md#a-given-qcx-the-anchored-warm-up]
@@ -126,10 +126,15 @@ class AnchoredGMVAE:
         self.D, self.K = model.cfg.D, model.prior.K
 
     def pack(self, X, Q):
-        """Device arrays X (N, D) and Q (N, K) -> the training matrix [X | Q]."""
-        if Q.shape != (X.shape[0], self.K):
+        """Device arrays X (N, D) and Q (N, K) -> the training matrix [X | Q].  Every row of Q
+        must be a distribution over the K clusters (otherwise the loss is not an ELBO)."""
+        if tuple(Q.shape) != (X.shape[0], self.K):
             raise ValueError(f"q(c|x) must have shape (N, K) = ({X.shape[0]}, {self.K}), got "
                              f"{tuple(Q.shape)}")
+        xp = self.b.xp
+        if not (bool(xp.all(Q >= 0)) and bool(xp.all(xp.abs(xp.sum(Q, axis=1) - 1.0) <= 1e-6))):
+            raise ValueError("every row of q(c|x) must be a distribution over the clusters "
+                             "(entries >= 0 summing to 1)")
         return self.b.xp.concat([X, self.b.xp.astype(Q, X.dtype)], axis=1)
 
     def init_params(self, rng):
