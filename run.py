@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""scratchvae command line:  python run.py [train|eval|gradcheck|bench] [options].
+"""scratchvae command line:  python run.py [train|eval|gradcheck|bench|compare|seeds] [options].
 
-    python run.py                       # train the default model on the bundled digits
+    python run.py                       # the whole assignment (seed §1-§4) on the bundled digits
     python run.py --backend cupy        # the same on a GPU
+    python run.py train --model gmvae   # one model; --model vae|fullcov|gmvae|vqvae|kl
+    python run.py seeds --model gmvae   # several seeds, mean +- std of every metric
+    python run.py compare               # mean-field vs full-covariance posterior
     python run.py gradcheck             # finite-difference check of every model's gradients
     python run.py bench                 # ms per training step vs the GEMM floor (JSON)
 

@@ -42,10 +42,18 @@ def _hidden(s):
     return sizes
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option value is one line (what is wrong, and where to look), not the
+    whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (python {self.prog} --help lists the options)\n")
+
+
 def build_parser():
     from .experiment import MODELS
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="run.py", description="Variational autoencoders written by hand on NumPy / CuPy.")
     p.add_argument("command", nargs="?", default="train", choices=COMMANDS,
                    help="train (default), eval a checkpoint, gradcheck, bench, compare "
@@ -98,8 +106,8 @@ def build_parser():
                    help="gmvae: mixture initialisation -- spectral partition of the consensus "
                         "neighbour graph of data and latent means, then the anchored warm-up "
                         "(default), or GaussianMixture on the latent means")
-    p.add_argument("--graph-k", type=_positive_int, default=10,
-                   help="gmvae --init graph: neighbours per point in each k-NN graph")
+    p.add_argument("--graph-k", type=_positive_int, default=None,
+                   help="gmvae --init graph: neighbours per point in each k-NN graph (default 10)")
     p.add_argument("--anchor-epochs", type=_nonneg_int, default=None,
                    help="gmvae --init graph: warm-up epochs with q(c|x) fixed to the partition "
                         "(default 20)")

@@ -56,7 +56,8 @@ DEFAULTS = {
     "vqvae": {"epochs": 60, "lr": 1e-3, "lr_decay": 1.0, "latent_dim": 8},
 }
 FALLBACK = {"epochs": 60, "lr": 1e-3, "lr_decay": 1.0, "pretrain_epochs": 30, "latent_dim": 10,
-            "iwae_k": 200, "gmm_restarts": 10, "seeds": 3, "anchor_epochs": 20}
+            "iwae_k": 200, "gmm_restarts": 10, "seeds": 3, "anchor_epochs": 20,
+            "graph_k": 10}
 QUICK = {"epochs": 2, "pretrain_epochs": 2, "iwae_k": 10, "gmm_restarts": 2, "seeds": 2,
          "anchor_epochs": 2}
 
@@ -175,9 +176,15 @@ def check_model_fits_data(name, args, ds):
                          "examples; use fewer clusters or more data")
     if name == "gmvae":
         explicit = getattr(args, "explicit", set())
-        if args.init == "gmm" and "anchor_epochs" in explicit:
-            raise UsageError("--anchor-epochs applies to --init graph (the warm-up anchors q(c|x) "
-                             "to the graph partition); drop it or use --init graph")
+        for opt in ("anchor_epochs", "graph_k"):
+            if args.init == "gmm" and opt in explicit:
+                flag = "--" + opt.replace("_", "-")
+                raise UsageError(f"{flag} applies to --init graph (the neighbour-graph partition "
+                                 "and its warm-up); drop it or use --init graph")
+        if (args.init == "graph" and "graph_k" in explicit
+                and args.graph_k >= ds.x_train.shape[0]):   # the default 10 is clipped instead
+            raise UsageError(f"--graph-k {args.graph_k} needs more than {args.graph_k} training "
+                             f"examples ({ds.x_train.shape[0]} here); use a smaller --graph-k")
         if args.init == "graph" and "gmm_restarts" in explicit:
             raise UsageError("--gmm-restarts applies to --init gmm; drop it or pass --init gmm")
     if name == "vqvae" and args.codebook_size > 1_000_000:
@@ -443,11 +450,12 @@ def _seeds(args, backend0, ds, out) -> dict:
         b = Backend(backend0.name, backend0.dtype_name, seed=seed)
         a = _with(args, seed=seed)
         res = run_stage(args.model, a, b, ds, os.path.join(out, f"seed{seed}"))
-        runs.append(res)
+        runs.append({"seed": seed, **res})
         if not args.quiet:
             print(json.dumps({"seed": seed, **{k: round(v, 4) for k, v in res.items()
                                               if isinstance(v, float)}}), file=sys.stderr)
-    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))
+            and not isinstance(v, bool) and k != "seed"]
     summary = {k: M.mean_std([r[k] for r in runs]) for k in keys}
     record = {"model": args.model, "seeds": args.seeds, "data": args.data, "summary": summary,
               "runs": runs, "versions": versions(), **backend0.describe(),

@@ -166,6 +166,10 @@ def series(x, ys: dict, path, title, xlabel, ylabel, vline=None, vline_label=Non
         ax.plot(x, y, label=name)
     if vline is not None:
         ax.axvline(vline, color="0.4", linestyle="--", linewidth=1, label=vline_label)
+    if all(float(v).is_integer() for v in x):   # epochs: integer ticks
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

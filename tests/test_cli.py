@@ -77,11 +77,12 @@ def test_wrong_feature_count_for_checkpoint(tmp_path, capsys):
 
 def test_unknown_option_values(capsys):
     for argv in (["--model", "nope"], ["--backend", "torch"], ["--epochs", "0"],
-                 ["--hidden", "a,b"], ["--likelihood", "poisson"]):
+                 ["--hidden", "a,b"], ["--likelihood", "poisson"], ["--graph-k", "0"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
-        assert "error" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "error" in err and len(err.strip().splitlines()) == 1, err   # one line, no usage block
 
 
 def test_cupy_missing_is_one_sentence(capsys):
@@ -171,6 +172,8 @@ def test_output_folder_rules(tmp_path, capsys):
                         "--out", str(tmp_path / "k")])
     assert "--clusters 5000" in err and not (tmp_path / "k").exists()
     for combo, says in ((["--init", "gmm", "--anchor-epochs", "3"], "--anchor-epochs applies to --init graph"),
+                        (["--init", "gmm", "--graph-k", "5"], "--graph-k applies to --init graph"),
+                        (["--graph-k", "5000"], "--graph-k 5000 needs more than 5000 training"),
                         (["--gmm-restarts", "3"], "--gmm-restarts applies to --init gmm")):
         err = _err(capsys, ["--model", "gmvae", "--quiet", "--out", str(tmp_path / "c")] + combo)
         assert says in err and not (tmp_path / "c").exists()
