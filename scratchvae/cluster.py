@@ -102,18 +102,31 @@ def graph_partition(X: np.ndarray, Z: np.ndarray, K: int, *, k: int = 10, seed: 
     Two k-NN graphs, one on the data X (N, D) and one on the latent means Z (N, J), are combined
     into the *consensus graph* A = A_x * A_z + weak (A_x + A_z): an edge has weight ~1 when both
     spaces call the pair neighbours, ``weak`` when only one does (which keeps every point
-    connected).  :func:`spectral_clustering` of A gives the partition.  Cost: two k-NN searches
+    connected).  If A falls into more than K connected pieces, k is doubled until it does not
+    (reported as ``graph_k``; ``graph_k_asked`` is the request).  :func:`spectral_clustering` of
+    A gives the partition.  Cost: two k-NN searches
     and one sparse eigenproblem.  Returns (labels (N,), report)."""
     N = X.shape[0]
     if K > N:
         raise ValueError(f"cannot partition {N} rows into {K} clusters")
     if K == 1 or N < 2:
         return np.zeros(N, dtype=np.int64), {"graph_k": 0, "partition_sizes": [N]}
-    k = max(1, min(int(k), N - 1))
-    Ax, Az = knn_graph(X, k), knn_graph(Z, k)
+    from scipy.sparse.csgraph import connected_components
+
+    k = k_asked = max(1, min(int(k), N - 1))
+    while True:
+        # More connected pieces than clusters (e.g. many near-duplicate rows, each group its own
+        # piece) leaves spectral clustering an arbitrary choice among the pieces: widen the
+        # neighbourhoods until the graph has at most K pieces.
+        Ax, Az = knn_graph(X, k), knn_graph(Z, k)
+        pieces = int(connected_components(Ax + Az, directed=False)[0])
+        if pieces <= K or k >= N - 1:
+            break
+        k = min(2 * k, N - 1)
     both = Ax.multiply(Az)
     A = (both + weak * (Ax + Az)).tocsr()
-    rep = {"graph_k": k, "graph_edges_data": int(Ax.nnz // 2),
+    rep = {"graph_k": k, "graph_k_asked": k_asked, "graph_pieces": pieces,
+           "graph_edges_data": int(Ax.nnz // 2),
            "graph_edges_latent": int(Az.nnz // 2), "graph_edges_consensus": int(both.nnz // 2)}
     labels = spectral_clustering(A, K, seed=seed, report=rep)
     rep["partition_sizes"] = np.bincount(labels, minlength=K).tolist()

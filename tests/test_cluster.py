@@ -91,3 +91,18 @@ def test_spectral_clustering_finds_components(n):
     assert adjusted_rand_score(y, labels) == 1.0
     with pytest.raises(ValueError, match="at least one edge"):
         spectral_clustering(sp.csr_matrix((5, 5)), 2)
+
+
+def test_graph_widens_when_near_duplicates_split_it():
+    """Three separated blobs, each made of 5 base points with 12 near-identical copies: the
+    10-NN graph falls into 15 pieces of copies (more than K = 3), so spectral clustering alone
+    would pick arbitrary pieces.  k is doubled until the graph has at most K pieces, and then
+    the blobs are recovered exactly."""
+    rng = np.random.default_rng(0)
+    centres = 20.0 * rng.standard_normal((3, 6))
+    base = np.repeat(centres, 5, axis=0) + rng.standard_normal((15, 6))
+    X = np.repeat(base, 12, axis=0) + 1e-3 * rng.standard_normal((180, 6))
+    y = np.repeat(np.arange(3), 60)
+    labels, rep = graph_partition(X, X.copy(), 3, k=10, seed=0)
+    assert rep["graph_k_asked"] == 10 and rep["graph_k"] > 10 and rep["graph_pieces"] <= 3
+    assert adjusted_rand_score(y, labels) == 1.0
