@@ -11,10 +11,10 @@ looks at labels:
    latent means (:func:`init_mixture_from_partition`), or -- ``--init gmm`` -- scikit-learn's
    ``GaussianMixture`` on the latent means, ``n_init`` restarts, the best chosen by its own
    likelihood (:func:`init_mixture_from_codes`);
-4. the anchored warm-up: a few epochs of the ELBO with q(c|x) set to that partition (models/
-   gmvae.py :class:`AnchoredGMVAE`), then the seed's q(c|x) = p(c|z);
-5. the encoder's log-variance output initialised small relative to the code spread
+4. the encoder's log-variance output initialised small relative to the code spread
    (:func:`init_logvar_head`);
+5. the anchored warm-up: a few epochs of the ELBO with q(c|x) set to that partition (models/
+   gmvae.py :class:`AnchoredGMVAE`), then the seed's q(c|x) = p(c|z);
 6. learning-rate decay (``TrainConfig.lr_decay``);
 7. a guard against component collapse: after an epoch, a component whose weight fell below
    ``pi_min / K`` is re-seeded by splitting the heaviest component (:func:`collapse_guard`).
@@ -104,8 +104,8 @@ def graph_partition(X: np.ndarray, Z: np.ndarray, K: int, *, k: int = 10, seed: 
     spaces call the pair neighbours, ``weak`` when only one does (which keeps every point
     connected).  If A falls into more than K connected pieces, k is doubled until it does not
     (reported as ``graph_k``; ``graph_k_asked`` is the request).  :func:`spectral_clustering` of
-    A gives the partition.  Cost: two k-NN searches
-    and one sparse eigenproblem.  Returns (labels (N,), report)."""
+    A gives the partition.  Cost: two k-NN searches and one sparse eigenproblem.  Returns
+    (labels (N,), report)."""
     N = X.shape[0]
     if K > N:
         raise ValueError(f"cannot partition {N} rows into {K} clusters")
