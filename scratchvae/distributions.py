@@ -415,7 +415,7 @@ class MixturePrior:
         # gamma = 1/S sum_s p(c|z_s); log gamma by log-sum-exp over samples (finite always)
         # [03-gmvae.md#stable-log-sum-exp-responsibilities]
         log_pi = self.log_pi(b, params)                                # (K,)
-        T, dmu, _ = self._T(b, params, post)                           # (B, K), (B, K, J)
+        T, dmu, _ = self._T(b, params, post, logvar_c, prec_c)         # (B, K), (B, K, J)
         if self.gamma_mode == "sample":
             log_gamma = b.logsumexp(logp, axis=0) - math.log(S)       # (B, K)
         else:
@@ -428,12 +428,14 @@ class MixturePrior:
         cache = (S, p, gamma, log_gamma, log_pi, T, dmu, diff, prec_c, post, params)
         return reg, cache
 
-    def _T(self, b, params, post):
+    def _T(self, b, params, post, logvar_c=None, prec_c=None):
         """T_bc = sum_j log var_cj + var_bj / var_cj + (mu_bj - mu_cj)^2 / var_cj  (B, K), and
-        pieces for backward.  [03-gmvae.md#the-gaussian-cross-entropy-lemma]"""
+        pieces for backward (``logvar_c``, ``prec_c`` reused when the caller has them).
+        [03-gmvae.md#the-gaussian-cross-entropy-lemma]"""
         xp = b.xp
-        logvar_c = self.logvar_c(b, params)
-        prec_c = xp.exp(-logvar_c)
+        if logvar_c is None:
+            logvar_c = self.logvar_c(b, params)
+            prec_c = xp.exp(-logvar_c)
         dmu = post.mu[:, None, :] - params["prior.mu_c"]               # (B, K, J)
         T = xp.sum(logvar_c + (post.var[:, None, :] + dmu * dmu) * prec_c, axis=-1)
         return T, dmu, prec_c
