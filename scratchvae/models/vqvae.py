@@ -28,9 +28,7 @@ posterior, so KL(q || p) = M log K, a constant left out of the loss and added ba
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
 
 from .. import quantize as Q
@@ -142,7 +140,7 @@ class VQVAE:
         _, commit, cm_c = Q.vq_losses(b, z_e, e_k_sg, B)
         # (4.7)
         loss = recon + self.w_codebook * codebook + self.cfg.beta * commit
-        cache = (B, k, enc_c, dec_c, lik_c, cb_c, cm_c)
+        cache = (B, enc_c, dec_c, lik_c, cb_c, cm_c)
         return loss, recon, codebook, commit, z_e, k, cache
 
     def loss(self, params, x, noise=None):
@@ -175,7 +173,7 @@ class VQVAE:
         The hand backward pass of [04-vqvae.md#the-hand-backward-pass]."""
         b, xp = self.b, self.b.xp
         loss, recon, codebook, commit, z_e, k, cache = self._forward(params, x)
-        B, k, enc_c, dec_c, lik_c, cb_c, cm_c = cache
+        B, enc_c, dec_c, lik_c, cb_c, cm_c = cache
         # recon = -1/B sum_b ll_b
         dll = xp.full((1, B), -1.0 / B, dtype=b.dtype, device=b.device)
         dout = self.lik.backward(b, dll, lik_c)                            # (1, B, Dout)
@@ -304,77 +302,3 @@ class VQVAE:
             z_e, _ = self._encode(params, X[i:min(i + batch, N), ...])
             counts = counts + Q.code_counts(b, Q.nearest(b, z_e, params["codebook.E"]), self.K)
         return b.to_numpy(counts)
-
-
-# =========================================================================== figures
-# =========================================================================== command line
-VARIANTS = {"ema + restarts": ("ema", True), "ema, no restarts": ("ema", False),
-            "grad + restarts": ("grad", True), "grad, no restarts": ("grad", False)}
-
-
-def main(argv=None) -> dict:
-    """python -m scratchvae.models.vqvae [--epochs N] [--update ema|grad] [--out DIR] [--compare]
-
-    Trains on the bundled digits (numpy, float32), prints the :meth:`VQVAE.evaluate` metrics
-    of the test and training splits as JSON, and writes the vq_*.png figures to ``--out``.
-    ``--compare`` trains the four variants of :data:`VARIANTS` instead and writes
-    vq_update_compare.png.  The figures and numbers in derivations/04-vqvae.md come from
-    ``--out derivations/figures`` and ``--compare --out derivations/figures``."""
-    import argparse
-
-    from .. import plots
-    from ..backend import Backend
-    from ..data import load_dataset
-    from ..train import TrainConfig, fit
-
-    p = argparse.ArgumentParser(prog="python -m scratchvae.models.vqvae")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--update", default="ema", choices=UPDATES)
-    p.add_argument("--K", type=int, default=64)
-    p.add_argument("--M", type=int, default=4)
-    p.add_argument("--J", type=int, default=8)
-    p.add_argument("--beta", type=float, default=0.25)
-    p.add_argument("--no-restart", action="store_true")
-    p.add_argument("--kmeans-init", action="store_true")
-    p.add_argument("--compare", action="store_true", help="train the four update variants")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for the vq_*.png figures")
-    a = p.parse_args(argv)
-    b = Backend("numpy", "float32", seed=a.seed)
-    ds = load_dataset("digits")
-    X, Xt = b.asarray(ds.x_train), b.asarray(ds.x_test)
-
-    def train(update, restart):
-        cfg = VQVAEConfig(D=ds.D, latent_dim=a.J, codes_per_input=a.M, codebook_size=a.K,
-                          beta=a.beta, codebook_update=update, restart=restart,
-                          kmeans_init=a.kmeans_init)
-        model = VQVAE(cfg, b)
-        params = model.init_params(b.rng("init"))
-        before = model.evaluate(params, Xt)
-        params, _, step, history = fit(model, params, X, TrainConfig(epochs=a.epochs),
-                                       progress=False)
-        res = {"config": cfg.to_dict(), "steps": step, "test_before": before,
-               "test": model.evaluate(params, Xt), "train": model.evaluate(params, X),
-               "first_epoch": history[0], "last_epoch": history[-1]}
-        return model, params, history, res
-
-    if a.compare:
-        out, hists = {}, {}
-        for label, (update, restart) in VARIANTS.items():
-            model, _, hists[label], out[label] = train(update, restart)
-        if a.out:
-            os.makedirs(a.out, exist_ok=True)
-            out["figure"] = plots.vq_compare_figure(
-                hists, a.K, os.path.join(a.out, "vq_update_compare.png"),
-                f"digits, K = {a.K}, M = {a.M}: per-batch codebook perplexity")
-        print(json.dumps(out, indent=1))
-        return out
-    model, params, history, res = train(a.update, not a.no_restart)
-    if a.out:
-        res["figures"] = plots.vq_figures(model, params, ds, history, a.out)
-    print(json.dumps(res, indent=1))
-    return res
-
-
-if __name__ == "__main__":
-    main()
