@@ -18,12 +18,12 @@ def _plt():
     return plt
 
 
-def save_fig(fig, path):
+def save_fig(fig, path, dpi=100):
     """Write a figure to ``path`` via a temporary file in the same folder (never half-written)."""
     from .train import atomic_write
 
     plt = _plt()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     plt.close(fig)
     return os.fspath(path)
 
