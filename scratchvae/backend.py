@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ScratchVAEError
+
 BACKENDS = ("numpy", "cupy", "strict")
 DTYPES = ("float32", "float64")
 
 
-class BackendError(RuntimeError):
+class BackendError(ScratchVAEError, RuntimeError):
     """A backend cannot be built here (library missing, no device, unknown name)."""
 
 

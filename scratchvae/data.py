@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ScratchVAEError
+
 DATASETS = ("digits", "mnist", "fashion-mnist")
 DEFAULT_DATA_DIR = Path("data")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -86,7 +88,7 @@ X_KEYS = ("x", "X", "data")  # accepted names of the features in a user's .npz
 Y_KEYS = ("y", "Y", "labels")  # accepted names of the (optional) labels
 
 
-class DataError(ValueError):
+class DataError(ScratchVAEError):
     """A data problem the user can fix; the message says what is wrong and how to fix it."""
 
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ScratchVAEError
 from .optim import Adam
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ScratchVAEError):
     """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
 
 

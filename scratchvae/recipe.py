@@ -1,0 +1,118 @@
+"""Floor 5: the GMVAE clustering recipe as one driver, configured by a dataclass.
+
+:func:`initialise` runs the phases before the ELBO of the assignment's §3.5 is trained
+(autoencoder pretraining, the neighbour-graph partition or VaDE's GaussianMixture start, the
+variance head, the anchored warm-up); :func:`epoch_hook` is the collapse guard run after every
+epoch of that ELBO, and the label-only-for-reporting score.  The host-side steps they call are
+in ``scratchvae/cluster.py``; the models in ``scratchvae/models/gmvae.py``.  Labels never steer
+anything here.  [03-gmvae.md#the-clustering-recipe]
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .options import option
+from .train import TrainConfig, fit
+
+
+@dataclass
+class ClusteringRecipe:
+    pretrain_epochs: int = option(30, "autoencoder pretraining epochs before the mixture is "
+                                      "fitted", check="nonneg")
+    pretrain_dropout: float = option(0.0, "input dropout of the (denoising) pretraining "
+                                          "autoencoder", check="fraction")
+    pretrain_lr: float = option(1e-3, "Adam learning rate of the pretraining", check="positive")
+    init: str = option("graph", "mixture initialisation: spectral partition of the consensus "
+                                "neighbour graph of data and latent means, then the anchored "
+                                "warm-up (graph), or GaussianMixture on the latent means (gmm)",
+                       choices=("graph", "gmm"))
+    graph_k: int = option(10, "init graph: neighbours per point in each k-NN graph",
+                          check="positive")
+    anchor_epochs: int = option(20, "init graph: warm-up epochs with q(c|x) fixed to the "
+                                    "partition", check="nonneg")
+    gmm_restarts: int = option(10, "init gmm: GaussianMixture restarts on the latent means (best "
+                                   "likelihood wins)", check="positive")
+    collapse_pi_min: float = option(0.1, "re-seed a component whose weight falls below this / K",
+                                    check="nonneg")
+
+
+def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: int, lr: float,
+               progress: bool = False, score=None) -> dict:
+    """Pretrain, initialise the mixture and the variance head from the latent means, and (init
+    "graph") run the anchored warm-up; ``params`` is updated in place.  Only ``X`` (device,
+    (N, D)) is seen.  ``score(epoch, params)``, if given, is called after each warm-up epoch with
+    epochs -A+1 .. 0 (for a figure).  Returns a report; its ``"partition"`` entry holds the
+    graph partition's labels (host)."""
+    from .cluster import (graph_partition, init_logvar_head, init_mixture_from_codes,
+                          init_mixture_from_partition)
+    from .models.gmvae import PretrainAE
+
+    t0 = time.perf_counter()
+    rep = {"init": r.init}
+    if r.pretrain_epochs > 0:
+        pcfg = TrainConfig(epochs=r.pretrain_epochs, batch_size=batch_size, lr=r.pretrain_lr)
+        _, _, _, ph = fit(PretrainAE(model, drop=r.pretrain_dropout), params, X, pcfg,
+                          desc="gmvae pretrain", progress=progress, rng_tag="pretrain")
+        rep["pretrain_recon"] = ph[-1]["loss"]
+    Z = model.latent_means(params, X)
+    if r.init == "gmm":
+        rep.update(init_mixture_from_codes(model, params, Z, seed=seed, n_init=r.gmm_restarts))
+        init_logvar_head(model, params, Z)
+    else:
+        Xh = model.b.to_numpy(X)
+        labels, grep_ = graph_partition(Xh.reshape(Xh.shape[0], -1), Z, model.prior.K,
+                                        k=r.graph_k, seed=seed)
+        rep.update(grep_)
+        rep.update(init_mixture_from_partition(model, params, Z, labels, seed=seed))
+        init_logvar_head(model, params, Z)
+        rep["partition"] = labels
+        if r.anchor_epochs > 0:
+            rep["anchor_loss"] = _anchored_warm_up(model, params, X, labels, r.anchor_epochs,
+                                                   batch_size, lr, progress, score)
+        rep["anchor_epochs"] = r.anchor_epochs
+    rep["pretrain_seconds"] = time.perf_counter() - t0
+    return rep
+
+
+def _anchored_warm_up(model, params, X, labels, epochs, batch_size, lr, progress, score):
+    """``epochs`` epochs of the ELBO with q(c|x) = one-hot(labels); returns the last loss."""
+    from .models.gmvae import AnchoredGMVAE
+
+    anch = AnchoredGMVAE(model)
+    Q = model.b.one_hot(model.b.asindex(labels), model.prior.K)
+    acfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+    on_anchor = (None if score is None else
+                 (lambda rec, p, o: score(rec["epoch"] - epochs, p)))   # epochs -A+1 .. 0
+    _, _, _, ah = fit(anch, params, anch.pack(X, Q), acfg, desc="gmvae anchored warm-up",
+                      progress=progress, rng_tag="anchor", on_epoch=on_anchor)
+    return ah[-1]["loss"]
+
+
+def epoch_hook(model, X, y, pi_min: float = 0.1):
+    """``(on_epoch, track)``: ``on_epoch`` runs the collapse guard after every epoch and, when
+    labels ``y`` exist, records the training ACC/NMI in ``track`` (and the epoch's history
+    record) -- labels are only ever reported, never used to choose anything.
+    ``track["score"](epoch, params)`` records ACC/NMI alone (the warm-up calls it)."""
+    from .cluster import collapse_guard
+    from .metrics import clustering_metrics
+
+    track = {"epoch": [], "acc": [], "nmi": [], "reseeded": 0}
+
+    def score(epoch, params):
+        if y is None:
+            return None
+        cm = clustering_metrics(y, model.predict(params, X))
+        track["epoch"].append(epoch)
+        track["acc"].append(cm["acc"])
+        track["nmi"].append(cm["nmi"])
+        return cm["acc"]
+
+    def on_epoch(rec, params, opt):
+        track["reseeded"] += collapse_guard(model, params, pi_min=pi_min, opt=opt)
+        acc = score(rec["epoch"], params)
+        if acc is not None:
+            rec["train_acc"] = acc
+
+    track["score"] = score
+    return on_epoch, track
