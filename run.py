@@ -9,7 +9,9 @@
     python run.py gradcheck             # finite-difference check of every model's gradients
     python run.py bench                 # ms per training step vs the GEMM floor (JSON)
 
-Run ``python run.py --help`` for the options.  The work happens in ``scratchvae.experiment``.
+Run ``python run.py --help`` (and ``python run.py COMMAND --help``) for the options.  The
+command line is ``scratchvae/cli/``, a client of the estimators in ``scratchvae/estimators/``;
+after ``pip install -e .`` the ``scratchvae`` command is the same program.
 """
 import sys
 

@@ -103,15 +103,18 @@ def test_gradcheck_command_passes(capsys):
 
 
 def test_option_overrides_survive_per_model_defaults():
-    from scratchvae.cli import build_parser
-    from scratchvae.experiment import _with, resolve_defaults
+    """Flags the user gives apply to every model; the rest take each model's own defaults."""
+    from scratchvae.cli.options import chosen_options, parse
+    from scratchvae.cli.registry import entry
 
-    args = resolve_defaults(build_parser().parse_args(["compare"]))
-    assert args.latent_dim == 10 and args.epochs == 60
-    a = resolve_defaults(_with(args, latent_dim=2), "vae")
-    assert a.latent_dim == 2 and a.epochs == 100
-    g = resolve_defaults(build_parser().parse_args(["--epochs", "7"]), "gmvae")
+    args = parse(["compare"])
+    vae = entry("vae").make(chosen_options(args))
+    assert vae.latent_dim == 10 and vae.epochs == 100
+    g = entry("gmvae").make(chosen_options(parse(["--epochs", "7"])))
     assert g.epochs == 7 and g.lr == 2e-3 and g.lr_decay == 0.9
+    q = entry("vqvae").make(chosen_options(parse(["--quick"])))
+    assert q.epochs == 2 and q.latent_dim == 8
+    assert entry("fullcov").make({}).posterior == "cholesky"
 
 
 def test_compare_and_seeds_commands(tmp_path, capsys):

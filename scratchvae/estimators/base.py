@@ -18,7 +18,7 @@ import numpy as np
 from ..backend import Backend
 from ..data import DataError, validate
 from ..errors import NotFittedError, UsageError
-from ..options import check_options
+from ..options import check_options, make_options
 from ..train import (CheckpointError, TrainConfig, fit as train_fit, load_checkpoint, restore,
                      save_checkpoint)
 
@@ -33,6 +33,23 @@ class Estimator:
     model_class = None
     config_class = None
     kinds: tuple = ()
+    option_groups: tuple = ()      # extra option dataclasses (the GMVAE's recipe)
+    train_defaults: dict = {}      # per-model defaults of the training options
+
+    @classmethod
+    def variant(cls, name: str, model_class, config_class, defaults: dict | None = None):
+        """A new estimator class for another model of this family: ``model_class`` (with
+        ``init_params``, ``sample_noise``, ``loss``, ``loss_and_grads`` and this family's
+        inference methods) configured by ``config_class``; its options are that config's
+        fields plus this family's training, recipe and runtime options.  Registered under
+        ``name`` for :func:`load` (how a new model joins; see README "Adding a model")."""
+        title = "".join(w.capitalize() for w in name.replace("-", "_").split("_"))
+        opts = make_options(f"{title}Options", config_class, *cls.option_groups,
+                            defaults={**cls.train_defaults, **(defaults or {})})
+        return type(title, (cls,), {"Options": opts, "model_class": model_class,
+                                    "config_class": config_class, "kinds": (name,),
+                                    "__module__": cls.__module__,
+                                    "__doc__": f"{cls.__name__} estimator over {model_class.__name__}."})
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

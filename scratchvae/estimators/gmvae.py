@@ -20,9 +20,9 @@ from ..options import make_options
 from ..recipe import ClusteringRecipe, epoch_hook, initialise
 from .vae import VAE
 
+_TRAIN_DEFAULTS = {"epochs": 60, "lr": 2e-3, "lr_decay": 0.9}
 GMVAEOptions = make_options(
-    "GMVAEOptions", GMVAEConfig, ClusteringRecipe,
-    defaults={"epochs": 60, "lr": 2e-3, "lr_decay": 0.9},
+    "GMVAEOptions", GMVAEConfig, ClusteringRecipe, defaults=_TRAIN_DEFAULTS,
     doc="Options of :class:`GMVAE`: the network and mixture (clusters, var_min, gamma, ...), "
         "training, the clustering recipe (:class:`scratchvae.recipe.ClusteringRecipe`) and "
         "runtime.")
@@ -35,10 +35,12 @@ class GMVAE(VAE):
     Options = GMVAEOptions
     model_class, config_class = GMVAEModel, GMVAEConfig
     kinds = ("gmvae",)
+    option_groups = (ClusteringRecipe,)
+    train_defaults = _TRAIN_DEFAULTS
 
     @property
     def kind(self) -> str:
-        return "gmvae"
+        return self.kinds[0]
 
     def recipe(self) -> ClusteringRecipe:
         return ClusteringRecipe(**{f.name: getattr(self.options, f.name)

@@ -12,8 +12,9 @@ from ..models.vae import VAE as VAEModel, VAEConfig
 from ..options import make_options
 from .base import Estimator
 
+_TRAIN_DEFAULTS = {"epochs": 100, "lr": 1e-3}
 VAEOptions = make_options(
-    "VAEOptions", VAEConfig, defaults={"epochs": 100, "lr": 1e-3},
+    "VAEOptions", VAEConfig, defaults=_TRAIN_DEFAULTS,
     doc="Options of :class:`VAE`: the network (latent_dim, hidden, act, likelihood, posterior, "
         "n_samples, cholesky_diag), training (epochs, batch_size, lr, lr_decay, decay_every, "
         "checkpoint_every, iwae_k) and runtime (backend, dtype, random_state, verbose, "
@@ -27,10 +28,14 @@ class VAE(Estimator):
     Options = VAEOptions
     model_class, config_class = VAEModel, VAEConfig
     kinds = ("vae", "fullcov")
+    train_defaults = _TRAIN_DEFAULTS
 
     @property
     def kind(self) -> str:
-        return "fullcov" if self.options.posterior == "cholesky" else "vae"
+        """"fullcov" for the Cholesky head (the assignment's §2 model), else "vae"."""
+        if self.options.posterior == "cholesky" and "fullcov" in self.kinds:
+            return "fullcov"
+        return self.kinds[0]
 
     def transform(self, X):
         """Posterior means mu(x), (n_samples, latent_dim)."""

@@ -12,8 +12,9 @@ from ..models.vqvae import VQVAE as VQVAEModel, VQVAEConfig
 from ..options import make_options
 from .base import Estimator
 
+_TRAIN_DEFAULTS = {"epochs": 60, "lr": 1e-3}
 VQVAEOptions = make_options(
-    "VQVAEOptions", VQVAEConfig, defaults={"epochs": 60, "lr": 1e-3},
+    "VQVAEOptions", VQVAEConfig, defaults=_TRAIN_DEFAULTS,
     doc="Options of :class:`VQVAE`: the network and quantiser (latent_dim, codes_per_input, "
         "codebook_size, beta, codebook_update, EMA and dead-code settings), training and "
         "runtime.")
@@ -27,6 +28,7 @@ class VQVAE(Estimator):
     Options = VQVAEOptions
     model_class, config_class = VQVAEModel, VQVAEConfig
     kinds = ("vqvae",)
+    train_defaults = _TRAIN_DEFAULTS
 
     def transform(self, X):
         """Code indices k, (n_samples, codes_per_input) int64."""

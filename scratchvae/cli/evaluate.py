@@ -1,0 +1,35 @@
+"""``python run.py eval --resume RUN``: a checkpoint's held-out metrics on ``--data``."""
+from __future__ import annotations
+
+import os
+
+from ..estimators import load
+from ..errors import UsageError
+from ..train import CheckpointError
+from .runs import checkpoint_path, get_data
+
+
+def main(args) -> dict:
+    if not args.resume:
+        raise UsageError("eval needs a checkpoint: pass --resume path/to/checkpoint.npz (or its "
+                         "run folder)")
+    ck = checkpoint_path(args.resume)
+    if os.path.isdir(args.resume) and not os.path.exists(ck):
+        subs = sorted(d for d in os.listdir(args.resume)
+                      if os.path.exists(os.path.join(args.resume, d, "checkpoint.npz")))
+        if subs:
+            raise UsageError(f"{args.resume!r} is a tour folder; its checkpoints are in the "
+                             f"sub-folders {', '.join(subs)}: pass e.g. --resume "
+                             f"{os.path.join(args.resume, subs[0])}")
+    runtime = {k: getattr(args, k) for k in ("backend", "dtype") if getattr(args, k, None)}
+    est = load(ck, **runtime)
+    if args.model is not None and args.model != est.kind:
+        raise UsageError(f"checkpoint {ck!r} holds a {est.kind!r} model but --model is "
+                         f"{args.model!r}; drop --model or pass --model {est.kind}")
+    ds = get_data(args, est.options.likelihood)
+    if est.n_features_in_ != ds.D:
+        raise CheckpointError(f"the checkpoint was trained on data with {est.n_features_in_} "
+                              f"features but {args.data!r} has {ds.D}; use the same data set")
+    if getattr(args, "iwae_k", None):
+        est.set_params(iwae_k=args.iwae_k)
+    return {"model": est.kind, "checkpoint": ck, **est.evaluate(ds.x_test, ds.y_test)}

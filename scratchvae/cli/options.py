@@ -1,0 +1,199 @@
+"""The command line's parser, built from the registry: every estimator option is a flag whose
+help text, range and choices come from its dataclass field (``scratchvae/options.py``), with each
+model's default shown.  Flags default to None, so a command knows which options the user gave
+(``explicit``) and every model fills in its own defaults for the rest."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from ..options import CHECKS
+from .registry import REGISTRY
+
+COMMANDS = {
+    "train": "train one model (--model) or, by default, run the whole assignment (the tour)",
+    "eval": "evaluate a checkpoint (--resume) on the held-out split",
+    "gradcheck": "finite-difference check (float64) of every model's gradients",
+    "bench": "ms per training step of the VaDE network against its GEMM floor",
+    "compare": "mean-field vs full-covariance posterior over --seeds seeds",
+    "seeds": "train --model with seeds 0..--seeds-1; mean +- std of every metric",
+}
+# --quick: tiny budgets for every stage (seconds; smoke tests)
+QUICK = {"epochs": 2, "pretrain_epochs": 2, "iwae_k": 10, "gmm_restarts": 2, "anchor_epochs": 2}
+NOT_FLAGS = {"random_state"}          # spelled --seed, handled with the common options
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option value is one line (what is wrong, and where to look), not the
+    whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (python run.py {self._cmd()}--help lists "
+                     "the options)\n")
+
+    def _cmd(self):
+        parts = self.prog.split()
+        return parts[-1] + " " if len(parts) > 1 else ""
+
+
+def _number(kind, check):
+    """An argparse type: parse with ``kind``, accept what ``check`` (a CHECKS name) allows."""
+    name = "an integer" if kind is int else "a number"
+    ok, says = CHECKS[check] if check else (lambda v: True, "")
+
+    def parse(s):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not {name}")
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {says}, got {v}")
+        return v
+
+    return parse
+
+
+def _hidden(s):
+    try:
+        sizes = tuple(int(t) for t in s.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated integers like 256,256; got {s!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden needs at least one positive size; got {s!r}")
+    return sizes
+
+
+def _show(v):
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def option_table() -> dict:
+    """flag name -> (field, {model: default}) over every registered model's options."""
+    table = {}
+    for name, e in REGISTRY.items():
+        opts = e.estimator.Options()
+        for f in dataclasses.fields(opts):
+            if not f.metadata.get("cli", True) or f.name in NOT_FLAGS:
+                continue
+            default = e.fixed.get(f.name, getattr(opts, f.name))
+            table.setdefault(f.name, (f, {}))[1][name] = default
+    return table
+
+
+def _default_text(per_model: dict) -> str:
+    values = list(per_model.values())
+    common = max(set(map(_show, values)), key=[_show(v) for v in values].count)
+    rest = [f"{m}: {_show(v)}" for m, v in per_model.items() if _show(v) != common]
+    models = "" if len(per_model) == len(REGISTRY) else f"; for {', '.join(per_model)}"
+    return f"(default {common}{'; ' + '; '.join(rest) if rest else ''}{models})"
+
+
+def add_model_options(p):
+    g = p.add_argument_group("model and training options (flags left out take each model's "
+                             "default)")
+    for name, (f, per_model) in option_table().items():
+        flag = f.metadata.get("flag") or "--" + name.replace("_", "-")
+        kind = type(f.default)
+        kw = {"dest": name, "default": None,
+              "help": f"{f.metadata['help']} {_default_text(per_model)}".replace("%", "%%")}
+        if kind is not bool:
+            kw["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind is tuple:
+            kw["type"] = _hidden
+        elif f.metadata.get("choices"):
+            kw["choices"] = f.metadata["choices"]
+        elif kind in (int, float):
+            kw["type"] = _number(kind, f.metadata.get("check"))
+        g.add_argument(flag, **kw)
+
+
+def add_data_options(p):
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="digits",
+                   help="digits (bundled, default), mnist, fashion-mnist, or a .npy/.npz path")
+    g.add_argument("--data-dir", default="data", help="folder with the IDX files (default: data)")
+    g.add_argument("--download", action="store_true",
+                   help="download missing MNIST / Fashion-MNIST files (SHA-256 checked)")
+    g.add_argument("--limit", type=_number(int, "positive"), default=None,
+                   help="use only the first N training and the first N test examples")
+
+
+def add_run_options(p, *, seeds=False):
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=_number(int, "nonneg"), default=None,
+                   help="seed of every random draw (default 0)")
+    g.add_argument("--out", default=None, help="run folder (default runs/<model>-<timestamp>)")
+    g.add_argument("--force", action="store_true",
+                   help="allow --out to name a folder that already holds a run (it is overwritten)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--quick", action="store_true",
+                   help="tiny budgets for every stage (seconds; for smoke tests)")
+    if seeds:
+        g.add_argument("--seeds", type=_number(int, "positive"), default=None,
+                       help="number of seeds (default 3; --quick: 2)")
+
+
+def model_choice(p, default_text, extra=()):
+    p.add_argument("--model", default=None, choices=tuple(REGISTRY) + tuple(extra),
+                   help=f"which model: {'; '.join(f'{k}: {e.summary}' for k, e in REGISTRY.items())}"
+                        f" ({default_text})")
+
+
+def build_parser():
+    p = Parser(prog="run.py", description="Variational autoencoders written by hand on NumPy / "
+               "CuPy.  python run.py with no command runs the whole assignment (train --model "
+               "all).  Each command has its own --help.")
+    sub = p.add_subparsers(dest="command", metavar="command", parser_class=Parser)
+    for cmd, text in COMMANDS.items():
+        s = sub.add_parser(cmd, help=text, description=text)
+        if cmd == "train":
+            model_choice(s, "default all: the whole assignment -- KL study, vae, fullcov, gmvae, "
+                            "vqvae -- and report.md; kl: the §1 study alone", extra=("all", "kl"))
+        elif cmd == "eval":
+            model_choice(s, "default: the checkpoint's")
+        elif cmd in ("gradcheck", "bench"):
+            model_choice(s, "default all" if cmd == "gradcheck" else "default vae; all: each",
+                         extra=("all",))
+        elif cmd == "seeds":
+            model_choice(s, "required")
+        if cmd in ("train", "eval", "compare", "seeds"):
+            add_data_options(s)
+        if cmd in ("train", "eval"):
+            s.add_argument("--resume", default=None,
+                           help="checkpoint .npz (or its run folder) to continue training (train) "
+                                "or to evaluate (eval)")
+        if cmd == "train":
+            s.add_argument("--figures-to", default=None,
+                           help="tour: also copy the figures the derivations embed into this "
+                                "folder (--figures-to derivations/figures regenerates them)")
+        if cmd == "bench":
+            s.add_argument("--bench-steps", type=_number(int, "positive"), default=20)
+            s.add_argument("--bench-batch", type=_number(int, "positive"), default=256)
+        add_run_options(s, seeds=cmd in ("compare", "seeds"))
+        add_model_options(s)
+    return p
+
+
+def parse(argv=None):
+    """Parsed options; ``python run.py [options]`` means ``python run.py train [options]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["train"] + argv
+    return build_parser().parse_args(argv)
+
+
+def explicit_options(args) -> dict:
+    """Estimator options the user gave: the flags not left at None."""
+    given = {k: getattr(args, k) for k in option_table() if getattr(args, k, None) is not None}
+    if getattr(args, "seed", None) is not None:
+        given["random_state"] = args.seed
+    return given
+
+
+def chosen_options(args, explicit=None) -> dict:
+    """What the estimators get: the user's options over the --quick budgets (if --quick)."""
+    explicit = explicit_options(args) if explicit is None else explicit
+    return {**(QUICK if getattr(args, "quick", False) else {}), **explicit}

@@ -1,0 +1,96 @@
+"""``python run.py train --model M``: fit one model's estimator on ``--data``, evaluate it on the
+held-out split, write ``metrics.json``, its figures and ``checkpoint.npz`` to ``--out``.
+``--resume RUN`` continues a checkpoint (its model options are the checkpoint's; training
+options given on the command line, such as ``--epochs``, apply).  :func:`run_model` is also
+what the tour, ``seeds`` and ``compare`` call."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from ..estimators import load
+from ..errors import UsageError
+from ..options import TrainOptions
+from ..train import CheckpointError
+from .options import chosen_options, explicit_options
+from .registry import entry
+from .runs import (checkpoint_path, config_record, default_out, get_data, run_folder, versions,
+                   write_json)
+
+# options that may change when a run is resumed; the model's own options may not
+RESUMABLE = {f.name for f in dataclasses.fields(TrainOptions)} | {"backend", "verbose"}
+
+
+def run_model(name, est, ds, out, data_name) -> dict:
+    """Fit ``est`` (or continue it, if ``warm_start``) on ``ds``, writing the checkpoint into
+    ``out``; evaluate on the held-out split and draw the model's figures.  -> metrics."""
+    e = entry(name)
+    est.fit(ds.x_train, ds.y_train, checkpoint=os.path.join(out, "checkpoint.npz"),
+            meta={"data": data_name})
+    info = {k: v for k, v in est.fit_info_.items() if k not in ("pretrain_seconds",)}
+    res = {"model": est.kind, **est.evaluate(ds.x_test), "train_seconds": est.fit_seconds_,
+           "steps": est.step_, "epochs": est.options.epochs, "n_train": int(ds.x_train.shape[0]),
+           "n_test": int(ds.x_test.shape[0]), **info}
+    res.update(e.figures(est, ds, out, data_name))
+    return res
+
+
+def _resumed(args):
+    """The checkpoint's estimator, with the training options given on the command line."""
+    ck = checkpoint_path(args.resume)
+    est = load(ck, **({"backend": args.backend} if args.backend else {}))
+    if args.model is not None and args.model != est.kind:
+        raise UsageError(f"checkpoint {ck!r} holds a {est.kind!r} model but --model is "
+                         f"{args.model!r}; pass --model {est.kind}")
+    given = explicit_options(args)
+    stored = est.get_params()
+    for k, v in given.items():
+        if k not in RESUMABLE and k in stored and stored[k] != v:
+            flag = "--seed" if k == "random_state" else "--" + k.replace("_", "-")
+            raise UsageError(f"{flag} {v} contradicts the checkpoint ({k}={stored[k]!r}); drop "
+                             f"it to resume, or start a new run")
+    est.set_params(**{k: v for k, v in given.items() if k in RESUMABLE and k in stored},
+                   warm_start=True, verbose=not args.quiet)
+    return est, ck
+
+
+def main(args) -> dict:
+    if args.resume:
+        est, ck = _resumed(args)
+        name = est.kind
+        ds = get_data(args, est.options.likelihood)
+        if est.n_features_in_ != ds.D:
+            raise CheckpointError(f"the checkpoint was trained on data with {est.n_features_in_} "
+                                  f"features but {args.data!r} has {ds.D}; use the same data set")
+        resume_dir = os.path.dirname(os.path.abspath(ck))
+    else:
+        name = args.model
+        e = entry(name)
+        explicit = explicit_options(args)
+        _refuse_foreign(name, e, explicit)
+        est = e.make(chosen_options(args, explicit), verbose=not args.quiet)
+        ds = get_data(args, est.options.likelihood)
+        if e.check:
+            e.check(explicit, est, ds)
+        resume_dir = None
+    out = args.out or resume_dir or default_out(name)
+    resuming = resume_dir is not None and os.path.abspath(out) == resume_dir
+    with run_folder(out, args, resuming=resuming):
+        res = run_model(name, est, ds, out, args.data)
+    record = {**res, "config": config_record(args), "options": est.get_params(),
+              "versions": versions(), **est.backend_.describe(), "data": args.data,
+              "seed": est.options.random_state}
+    write_json(os.path.join(out, "metrics.json"), record)
+    return {"out": out, **res}
+
+
+def _refuse_foreign(name, e, explicit):
+    """An option of another model given for this one is a mistake worth one sentence."""
+    mine = set(e.estimator().get_params())
+    for k in explicit:
+        if k not in mine:
+            from .registry import REGISTRY
+
+            owners = [m for m, x in REGISTRY.items() if k in x.estimator().get_params()]
+            raise UsageError(f"--{k.replace('_', '-')} is an option of {', '.join(owners)}, not "
+                             f"of --model {name}; drop it or choose another --model")
