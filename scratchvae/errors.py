@@ -16,5 +16,10 @@ class UsageError(ScratchVAEError):
     """An option value (keyword argument or command-line flag) that cannot work."""
 
 
+class DataError(ScratchVAEError):
+    """A data problem the user can fix (a missing or corrupt file, NaN rows, values a
+    likelihood cannot model); the message says what is wrong and how to fix it."""
+
+
 class NotFittedError(ScratchVAEError, AttributeError):
     """An estimator method that needs a fitted model was called before ``fit`` / ``load``."""

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from scratchvae import data
+from scratchvae import data, idx
 from scratchvae.data import DataError, load_dataset, read_idx, validate
 
 CODES = {"u1": 0x08, "i1": 0x09, ">i2": 0x0B, ">i4": 0x0C, ">f4": 0x0D, ">f8": 0x0E}
@@ -182,7 +182,7 @@ def test_download_offline_says_where_to_put_files_and_leaves_nothing(tmp_path, m
     def offline(url, timeout=None):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(idx.urllib.request, "urlopen", offline)
     with pytest.raises(DataError) as err:
         load_dataset("mnist", data_dir=tmp_path, download=True)
     msg = str(err.value)
@@ -193,7 +193,7 @@ def test_download_offline_says_where_to_put_files_and_leaves_nothing(tmp_path, m
 
 
 def test_download_rejects_wrong_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"not mnist"))
+    monkeypatch.setattr(idx.urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"not mnist"))
     with pytest.raises(DataError, match="SHA-256 mismatch") as err:
         data.download("fashion-mnist", tmp_path)
     assert hashlib.sha256(b"not mnist").hexdigest() in str(err.value)
@@ -208,7 +208,7 @@ def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
                 raise ConnectionResetError("connection reset by peer")
             return super().read(5)
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout=None: Dropped(b"x" * 100))
+    monkeypatch.setattr(idx.urllib.request, "urlopen", lambda url, timeout=None: Dropped(b"x" * 100))
     with pytest.raises(DataError, match="connection reset"):
         data.download("mnist", tmp_path)
     assert list((tmp_path / "mnist").iterdir()) == []
@@ -224,7 +224,7 @@ def test_download_verifies_writes_and_then_loads(tmp_path, monkeypatch):
         calls.append(url)
         return io.BytesIO(served[url.rsplit("/", 1)[1]])
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(idx.urllib.request, "urlopen", fake_urlopen)
     ds = load_dataset("mnist", data_dir=tmp_path / "data", download=True)
     assert ds.x_train.shape == (20, 784)
     assert sorted(p.name for p in (tmp_path / "data" / "mnist").iterdir()) == sorted(served)
