@@ -153,10 +153,20 @@ def _f(v, nd=3):
 
 
 def render_report(out, header, R) -> str:
-    """report.md: per seed section the key numbers, figures and links to derivation and code."""
+    """report.md: per assignment section the key numbers, figures and links to derivation and
+    code."""
     rel = os.path.relpath(ROOT, os.path.abspath(out))
-    link = lambda p: f"[`{p}`]({rel}/{p})"
-    img = lambda p, alt: f"![{alt}]({os.path.relpath(os.path.abspath(p), os.path.abspath(out))})"
+    c = (lambda p: f"[`{p}`]({rel}/{p})",
+         lambda p, alt: f"![{alt}]({os.path.relpath(os.path.abspath(p), os.path.abspath(out))})",
+         out, rel)
+    L = (_header(c, header) + _kl_section(c, R["kl"]) + _fullcov_section(c, R)
+         + _gmvae_section(c, R["gmvae"]) + _vqvae_section(c, R["vqvae"]))
+    return "\n".join(L) + "\n"
+
+
+def _header(c, header) -> list:
+    """Command, data, seed, backend, machine and the seconds of each stage."""
+    link, img, out, rel = c
     L = []
     h = header
     L += ["# scratchvae: the assignment, reproduced", "",
@@ -168,7 +178,13 @@ def render_report(out, header, R) -> str:
           + (f", CuPy {h['versions']['cupy']}" if "cupy" in h["versions"] else "") + ".", "",
           "| stage | seconds |", "|---|---|"]
     L += [f"| {k} | {v:.1f} |" for k, v in h["seconds"].items()]
-    k = R["kl"]
+    return L
+
+
+def _kl_section(c, k) -> list:
+    """§1: the KL-direction numbers, figures and estimator-variance table."""
+    link, img, out, rel = c
+    L = []
     L += ["", "## §1 KL direction: mode-seeking vs mode-covering", "",
           f"Derivation: {link('derivations/01-kl-direction.md')}; code: {link('scratchvae/kl/__init__.py')}.", "",
           f"Target p = 1/2 N(-{k['a']}, {k['s']}^2) + 1/2 N({k['a']}, {k['s']}^2) (a/s = "
@@ -191,6 +207,13 @@ def render_report(out, header, R) -> str:
         L += ["Self-normalised importance sampling of the forward KL (scenario 3, optional; biased "
               "for finite n, and blind to a mode q misses): [kl/kl_snis.md](kl/kl_snis.md); the "
               "derivation explains the numbers.", ""]
+    return L
+
+
+def _fullcov_section(c, R) -> list:
+    """§2: mean-field vs full covariance, and the 2-D ellipse figures."""
+    link, img, out, rel = c
+    L = []
     v, fc = R["vae"], R["fullcov"]
     L += ["## §2 Full-covariance posterior (Cholesky head)", "",
           f"Derivation: {link('derivations/02-full-covariance.md')}; code: "
@@ -208,7 +231,13 @@ def render_report(out, header, R) -> str:
             L += [img(e["figure"], f"posterior ellipses {name}"),
                   f"mean |correlation| of q(z|x) in 2-D: {_f(e['mean_abs_corr'])}", ""]
     L += [img(os.path.join(out, "fullcov", "samples.png"), "fullcov samples"), ""]
-    g = R["gmvae"]
+    return L
+
+
+def _gmvae_section(c, g) -> list:
+    """§3: clustering metrics, the initialisation, the figures."""
+    link, img, out, rel = c
+    L = []
     L += ["## §3 Gaussian-mixture VAE", "",
           f"Derivation: {link('derivations/03-gmvae.md')}; code: {link('scratchvae/models/gmvae.py')}, "
           f"{link('scratchvae/distributions/mixture.py')} `MixturePrior`.", "",
@@ -227,7 +256,13 @@ def render_report(out, header, R) -> str:
         p = os.path.join(out, "gmvae", f_)
         if os.path.exists(p):
             L += [img(p, alt), ""]
-    q = R["vqvae"]
+    return L
+
+
+def _vqvae_section(c, q) -> list:
+    """§4: reconstruction, code usage, the figures."""
+    link, img, out, rel = c
+    L = []
     L += ["## §4 VQ-VAE", "",
           f"Derivation: {link('derivations/04-vqvae.md')}; code: {link('scratchvae/quantize.py')}, "
           f"{link('scratchvae/models/vqvae.py')}.", "",
@@ -237,4 +272,4 @@ def render_report(out, header, R) -> str:
           f"{_f(q['usage'])} | {q['dead_codes']} | {_f(q.get('bits_per_dim'))} |", ""]
     for p in q.get("figures", []):
         L += [img(p, os.path.basename(p)), ""]
-    return "\n".join(L) + "\n"
+    return L
