@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from ..options import CHECKS
@@ -29,8 +30,9 @@ class Parser(argparse.ArgumentParser):
     whole usage block."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (python run.py {self._cmd()}--help lists "
-                     "the options)\n")
+        top = "python run.py" if self.prog.startswith("run.py") else "scratchvae"
+        self.exit(2, f"{self.prog}: error: {message} ({top} {self._cmd()}--help lists the "
+                     "options)\n")
 
     def _cmd(self):
         parts = self.prog.split()
@@ -143,7 +145,8 @@ def model_choice(p, default_text, extra=()):
 
 
 def build_parser():
-    p = Parser(prog="run.py", description="Variational autoencoders written by hand on NumPy / "
+    prog = "scratchvae" if os.path.basename(sys.argv[0]) == "scratchvae" else "run.py"
+    p = Parser(prog=prog, description="Variational autoencoders written by hand on NumPy / "
                "CuPy.  python run.py with no command runs the whole assignment (train --model "
                "all).  Each command has its own --help.")
     sub = p.add_subparsers(dest="command", metavar="command", parser_class=Parser)
