@@ -47,6 +47,44 @@ def test_gmvae_loss_grad(b64, lik, post, S, B, K, J, gamma, seed):
     assert res.ok(RTOL), (res.max_rel_err, res.worst)
 
 
+PRIOR_KEYS = ("prior.pi_logits", "prior.mu_c", "prior.logvar_c")
+
+
+@given(S=st.integers(1, 3), B=st.integers(1, 4), K=st.integers(1, 4), J=st.integers(1, 3),
+       mode=st.sampled_from(["sample", "optimal", "given"]), one_hot=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_mixture_prior_grad(b64, S, B, K, J, mode, one_hot, seed):
+    """The mixture prior alone [03-gmvae.md#gradients-of-the-mixture-terms]: f = <dreg, reg> as a
+    function of its inputs -- the samples z, the summary (mu, var = diag Sigma, logdet) of
+    q(z|x), each an independent input here, and the parameters rho, mu_c, r_c -- against
+    five-point differences of every entry, with q(c|x) sampled (eq. 3.6), optimal (eq. 3.8)
+    or given (R2, a soft or one-hot q_c).  z gets no gradient unless gamma is sampled."""
+    prior = MixturePrior(K, J, gamma="optimal" if mode == "optimal" else "sample")
+    r = b64.rng("prior-alone", seed)
+    inputs = {"z": r.normal((S, B, J)), "mu": r.normal((B, J)), "var": b64.xp.exp(r.normal((B, J))),
+              "logdet": r.normal((B,)), "prior.pi_logits": r.normal((K,)),
+              "prior.mu_c": r.normal((K, J)), "prior.logvar_c": 0.5 * r.normal((K, J))}
+    kw = {"q_c": _random_q(b64, B, K, seed, one_hot)} if mode == "given" else {}
+    dreg = r.normal((B,))
+
+    def reg_of(inp):
+        post = Posterior(inp["mu"], inp["var"], inp["logdet"])
+        return prior.terms(b64, {k: inp[k] for k in PRIOR_KEYS}, inp["z"], post, **kw)
+
+    def f(inp):
+        return b64.xp.sum(dreg * reg_of(inp)[0])
+
+    reg, cache = reg_of(inputs)
+    assert cache.mode == mode
+    dz, dmu, dvar, dlogdet, gp = prior.backward(b64, dreg, cache)
+    assert (dz is None) == (mode != "sample")
+    grads = {"z": b64.xp.zeros_like(inputs["z"]) if dz is None else dz,
+             "mu": dmu, "var": dvar, "logdet": dlogdet, **gp}
+    assert set(grads) == set(inputs)
+    res = check_grads(b64, f, inputs, grads, full_max=10**6)
+    assert res.ok(RTOL), (res.max_rel_err, res.worst)
+
+
 def test_lemma_3_4_against_monte_carlo(b64):
     """seed §3.4: E_q[log N(z | mu, sigma^2 I)] in closed form vs a Monte Carlo mean."""
     rng = np.random.default_rng(0)
@@ -68,7 +106,7 @@ def _forms(b, m, p, x, eps):
     out, _ = m.decoder.forward(b, p, xp.reshape(z, (S * B, m.J)))
     ll, _ = m.lik.loglik(b, x, xp.reshape(out, (S, B, -1)))
     lq = log_q(b, post, eps)
-    a, *_ = m.prior._log_joint(b, p, z)                       # log p(z, c)   (S, B, K)
+    a = m.prior.log_joint(b, p, z)                            # log p(z, c)   (S, B, K)
     gamma = xp.mean(m.prior.responsibilities(b, p, z), axis=0)  # (B, K)
     lg = xp.log(gamma)
     f32 = ll + xp.sum(gamma * (a - lg), axis=-1) - lq          # §3.2, exact sum over c
@@ -98,11 +136,11 @@ def test_eq_3_5_is_the_expectation_of_3_2(b64, post):
     h, _ = m.encoder.forward(b64, p, x)
     z, post_, _ = m.head.forward(b64, h, eps)
     reg, cache = m.prior.terms(b64, p, z, post_)
-    gamma = cache[2]
+    gamma = cache.gamma
     n = 200_000
     eps2 = b64.rng("mc").normal((n, 3, 2))
     z2, _, _ = m.head.forward(b64, h, eps2)
-    a, *_ = m.prior._log_joint(b64, p, z2)                    # log pi_c + log N(z | c)
+    a = m.prior.log_joint(b64, p, z2)                         # log pi_c + log N(z | c)
     lq = log_q(b64, post_, eps2)
     g = b64.to_numpy(gamma)
     integrand = (np.sum(g * (b64.to_numpy(a) - np.log(g)), -1) - b64.to_numpy(lq))   # (n, B)
@@ -243,8 +281,8 @@ def test_optimal_gamma_maximises_the_elbo(b64):
         reg_s, _ = ms.prior.terms(b64, p, z, q)
         reg_o, cache = mo.prior.terms(b64, p, z, q)
         assert np.all(b64.to_numpy(reg_o) >= b64.to_numpy(reg_s) - 1e-12)
-        g = b64.to_numpy(cache[2])
-        T, log_pi = b64.to_numpy(cache[5]), b64.to_numpy(cache[4])
+        g = b64.to_numpy(cache.gamma)
+        T, log_pi = b64.to_numpy(cache.T), b64.to_numpy(cache.log_pi)
         f = lambda gm: (-0.5 * np.sum(gm * T, -1) + np.sum(gm * (log_pi - np.log(gm)), -1))
         rng = np.random.default_rng(0)
         for _ in range(5):
@@ -299,10 +337,10 @@ def test_given_q_is_the_same_bound(b64, post):
     h, _ = ms.encoder.forward(b64, p, x)
     z, q, _ = ms.head.forward(b64, h, ms.sample_noise(b64.rng("e"), 6)["eps"])
     reg_s, cache_s = ms.prior.terms(b64, p, z, q)
-    reg_g, _ = ms.prior.terms(b64, p, z, q, q_c=cache_s[2])
+    reg_g, _ = ms.prior.terms(b64, p, z, q, q_c=cache_s.gamma)
     np.testing.assert_allclose(b64.to_numpy(reg_g), b64.to_numpy(reg_s), rtol=1e-12)
     reg_o, cache_o = mo.prior.terms(b64, p, z, q)
-    g_star = b64.to_numpy(cache_o[2])
+    g_star = b64.to_numpy(cache_o.gamma)
     for seed in range(5):
         r = _random_q(b64, 6, 4, seed, seed % 2 == 0)
         reg_r, _ = ms.prior.terms(b64, p, z, q, q_c=r)
@@ -312,10 +350,10 @@ def test_given_q_is_the_same_bound(b64, post):
         kl = np.sum(np.where(rh > 0, rh * np.log(np.where(rh > 0, rh, 1.0) / g_star), 0.0), -1)
         np.testing.assert_allclose(b64.to_numpy(reg_o) - b64.to_numpy(reg_r), kl, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(
-        b64.to_numpy(ms.prior.terms(b64, p, z, q, q_c=cache_o[2])[0]), b64.to_numpy(reg_o), rtol=1e-12)
+        b64.to_numpy(ms.prior.terms(b64, p, z, q, q_c=cache_o.gamma)[0]), b64.to_numpy(reg_o), rtol=1e-12)
     lab = np.array([0, 1, 2, 3, 0, 1])
     reg_1, _ = ms.prior.terms(b64, p, z, q, q_c=b64.asarray(np.eye(4)[lab]))
-    T, log_pi = b64.to_numpy(cache_o[5]), b64.to_numpy(cache_o[4])
+    T, log_pi = b64.to_numpy(cache_o.T), b64.to_numpy(cache_o.log_pi)
     want = -0.5 * T[np.arange(6), lab] + log_pi[lab] + 0.5 * (3 + b64.to_numpy(q.logdet))
     np.testing.assert_allclose(b64.to_numpy(reg_1), want, rtol=1e-12)
 

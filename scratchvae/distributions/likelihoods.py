@@ -1,0 +1,114 @@
+"""Floor 3: likelihoods p(x|z), each a forward/backward pair on the decoder output ``out``.
+
+    :class:`Bernoulli`  (logits)                 [00-backprop.md#bernoulli]
+    :class:`Gaussian`   (mean, log-variance)     [00-backprop.md#gaussian]
+
+``loglik(b, x, out) -> (ll (S, B), cache)`` sums over the D data dimensions;
+``backward(b, dll, cache) -> dout`` has the shape of ``out``; ``mean(b, out)`` is E[x|z].
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+LOG2PI = math.log(2.0 * math.pi)
+
+
+class BernoulliCache(NamedTuple):
+    x: object      # data (B, D)
+    out: object    # logits (S, B, D)
+
+
+class Bernoulli:
+    """x_i ~ Bernoulli(sigmoid(l_i)), parameterised by logits l (never by probabilities).
+
+    log p(x|l) = sum_i x_i l_i - softplus(l_i)    (stable for |l| up to 1e4 and beyond)
+    d/dl_i     = x_i - sigmoid(l_i)               [00-backprop.md#bernoulli]
+    """
+
+    name = "bernoulli"
+
+    def n_out(self, D: int) -> int:
+        return D
+
+    def loglik(self, b, x, out):
+        """x (B, D), out (S, B, D) logits -> ll (S, B), cache."""
+        xp = b.xp
+        e = xp.exp(-xp.abs(out))                       # in (0, 1]: no overflow anywhere
+        softplus = xp.maximum(out, 0.0) + xp.log1p(e)  # log(1 + e^l)
+        ll = xp.sum(x * out - softplus, axis=-1)
+        return ll, BernoulliCache(x, out)
+
+    def backward(self, b, dll, cache: BernoulliCache):
+        """dll (S, B) -> dout (S, B, D)."""
+        return dll[..., None] * (cache.x - b.sigmoid(cache.out))
+
+    def mean(self, b, out):
+        return b.sigmoid(out)
+
+
+class GaussianCache(NamedTuple):
+    diff: object   # x - mu_x (S, B, D)
+    prec: object   # exp(-logvar_x) (S, B, D)
+    r: object      # raw log-variance outputs (S, B, D), before the floor
+
+
+class Gaussian:
+    """x ~ N(mu_x, diag(exp(logvar_x))) with [mu_x; r] = decoder output (seed §3 item 3b).
+
+    To keep the likelihood bounded on pixels that never vary, the log-variance has a smooth
+    floor: logvar = lo + softplus(r - lo), lo = log(var_min).  (``var_min=0`` disables it.)
+
+    log p(x) = -1/2 sum_i [log 2pi + logvar_i + (x_i - mu_i)^2 exp(-logvar_i)]
+    d/dmu_i      = (x_i - mu_i) exp(-logvar_i)
+    d/dlogvar_i  = -1/2 + 1/2 (x_i - mu_i)^2 exp(-logvar_i)
+    d logvar/dr  = sigmoid(r - lo)                            [00-backprop.md#gaussian]
+    """
+
+    name = "gaussian"
+
+    def __init__(self, var_min: float = 1e-3):
+        self.var_min = float(var_min)
+        self.lo = math.log(self.var_min) if self.var_min > 0 else None
+
+    def n_out(self, D: int) -> int:
+        return 2 * D
+
+    def _logvar(self, b, r):
+        if self.lo is None:
+            return r
+        return self.lo + b.softplus(r - self.lo)
+
+    def loglik(self, b, x, out):
+        """x (B, D), out (S, B, 2D) = [mu_x | r] -> ll (S, B), cache."""
+        xp = b.xp
+        D = out.shape[-1] // 2
+        mu, r = out[..., :D], out[..., D:]
+        logvar = self._logvar(b, r)
+        prec = xp.exp(-logvar)
+        diff = x - mu
+        ll = -0.5 * xp.sum(LOG2PI + logvar + diff * diff * prec, axis=-1)
+        return ll, GaussianCache(diff, prec, r)
+
+    def backward(self, b, dll, cache: GaussianCache):
+        """dll (S, B) -> dout (S, B, 2D) = [dmu_x | dr]."""
+        xp = b.xp
+        diff, prec, r = cache
+        g = dll[..., None]
+        dmu = g * diff * prec
+        dlogvar = g * (0.5 * diff * diff * prec - 0.5)
+        if self.lo is not None:
+            dlogvar = dlogvar * b.sigmoid(r - self.lo)
+        return xp.concat([dmu, dlogvar], axis=-1)
+
+    def mean(self, b, out):
+        return out[..., : out.shape[-1] // 2]
+
+
+LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian}
+
+
+def make_likelihood(name: str):
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
+    return LIKELIHOODS[name]()
