@@ -203,7 +203,7 @@ def test_readme_commands_parse():
     import pathlib
     import shlex
 
-    from scratchvae.cli import build_parser
+    from scratchvae.cli import parse
 
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
     cmds = set(re.findall(r"`python run\.py([^`]*)`", readme))
@@ -215,4 +215,4 @@ def test_readme_commands_parse():
         c = re.sub(r"\bJ$", "10", c.strip())
         if c.strip() == "--help":
             continue
-        build_parser().parse_args(shlex.split(c))
+        parse(shlex.split(c))                           # no command means train

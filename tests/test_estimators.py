@@ -144,7 +144,9 @@ def test_every_option_is_a_flag_with_its_help():
     warm_start) has a flag, and --help shows each model's own default."""
     import dataclasses
 
-    from scratchvae.cli.options import build_parser
+    import re
+
+    from scratchvae.cli.options import build_parser, option_table
     from scratchvae.cli.registry import REGISTRY
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
@@ -156,5 +158,13 @@ def test_every_option_is_a_flag_with_its_help():
                 continue
             assert f.name in dests, (e.name, f.name)
     assert "seed" in dests
-    assert "vae: 100" in helps["epochs"] and "gmvae: 0.002" in helps["lr"]
-    assert "vqvae: 8" in helps["latent_dim"]
+    # the help text names every model's own default: parse it back and compare
+    table = option_table()
+    for name, (f, per_model) in table.items():
+        m = re.search(r"\(default ([^;)]*)((?:; [\w-]+: [^;)]*)*)(?:; for [^)]*)?\)$", helps[name])
+        assert m, (name, helps[name])
+        said = dict(re.findall(r"; ([\w-]+): ([^;)]*)", m.group(2)))
+        for model, default in per_model.items():
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+            assert said.get(model, m.group(1)) == shown, (name, model, helps[name])
+    assert "vqvae: 8" in helps["latent_dim"] and "gmvae: 0.002" in helps["lr"]
