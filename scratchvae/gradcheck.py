@@ -47,39 +47,39 @@ def rel_err(a: float, b: float, tiny: float = 1e-6) -> float:
     return abs(a - b) / max(tiny, abs(a) + abs(b))
 
 
-def _scalar(backend, v) -> float:
-    return float(backend.to_numpy(v)) if not isinstance(v, float) else v
+def _scalar(b, v) -> float:
+    return float(b.to_numpy(v)) if not isinstance(v, float) else v
 
 
-def check_grads(backend, f, params: dict, grads: dict, *, h: float = 5e-4, full_max: int = 64,
+def check_grads(b, f, params: dict, grads: dict, *, h: float = 5e-4, full_max: int = 64,
                 n_dirs: int = 4, seed: int = 0, keys=None, tiny: float = 1e-6,
                 name: str = "") -> CheckResult:
     """Compare ``grads`` (the hand-written gradient of ``f`` at ``params``) with central
     differences.  Returns the largest relative error over all checked entries / directions."""
-    if backend.dtype_name != "float64":
+    if b.dtype_name != "float64":
         raise ValueError("gradient checks need float64: build the backend with dtype='float64'")
     rng = np.random.default_rng(seed)
-    host = {k: backend.to_numpy(v).astype(np.float64) for k, v in params.items()}
+    host = {k: b.to_numpy(v).astype(np.float64) for k, v in params.items()}
     worst, worst_at, n = 0.0, "", 0
     details = []
 
     def f_at(k, arr):
         p = dict(params)
-        p[k] = backend.asarray(arr)
-        return _scalar(backend, f(p))
+        p[k] = b.asarray(arr)
+        return _scalar(b, f(p))
 
     def deriv(k, p0, u):
         """Five-point central difference of f along direction u at p0."""
         return (f_at(k, p0 - 2 * h * u) - 8 * f_at(k, p0 - h * u)
                 + 8 * f_at(k, p0 + h * u) - f_at(k, p0 + 2 * h * u)) / (12 * h)
 
-    f0 = _scalar(backend, f(params))
+    f0 = _scalar(b, f(params))
     tiny = tiny * max(1.0, abs(f0))
     for k in (sorted(grads) if keys is None else keys):
         if k not in host:
             raise KeyError(f"gradient for unknown parameter {k!r}")
         p0 = host[k]
-        g = backend.to_numpy(grads[k]).astype(np.float64)
+        g = b.to_numpy(grads[k]).astype(np.float64)
         if g.shape != p0.shape:
             raise ValueError(f"gradient of {k!r} has shape {g.shape}, parameter has {p0.shape}")
         if p0.size <= full_max:
@@ -108,6 +108,6 @@ def check_grads(backend, f, params: dict, grads: dict, *, h: float = 5e-4, full_
     return CheckResult(name, worst, worst_at, n, details)
 
 
-def check_function(backend, f, inputs: dict, grads: dict, **kw) -> CheckResult:
+def check_function(b, f, inputs: dict, grads: dict, **kw) -> CheckResult:
     """Alias of :func:`check_grads` for checking a block's inputs rather than parameters."""
-    return check_grads(backend, f, inputs, grads, **kw)
+    return check_grads(b, f, inputs, grads, **kw)

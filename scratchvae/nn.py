@@ -149,7 +149,7 @@ class MLP:
             yield f"{self.prefix}.{i}.W"
             yield f"{self.prefix}.{i}.b"
 
-    def init(self, backend, rng) -> dict:
+    def init(self, b, rng) -> dict:
         params = {}
         for i, (fi, fo) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
             last = i == self.n_layers - 1
@@ -158,10 +158,10 @@ class MLP:
             else:
                 std = math.sqrt(2.0 / (fi + fo)) * (self.out_scale if last else 1.0)
             params[f"{self.prefix}.{i}.W"] = rng.normal((fi, fo)) * std
-            params[f"{self.prefix}.{i}.b"] = backend.zeros((fo,))
+            params[f"{self.prefix}.{i}.b"] = b.zeros((fo,))
         return params
 
-    def forward(self, backend, params, x):
+    def forward(self, b, params, x):
         """x (N, I) -> out (N, O), cache."""
         act_f, _ = ACTIVATIONS[self.act]
         caches = []
@@ -170,11 +170,11 @@ class MLP:
             h, lc = linear_forward(h, params[f"{self.prefix}.{i}.W"], params[f"{self.prefix}.{i}.b"])
             ac = None
             if i < self.n_layers - 1:
-                h, ac = act_f(backend, h)
+                h, ac = act_f(b, h)
             caches.append((lc, ac))
         return h, caches
 
-    def backward(self, backend, dout, caches, need_dx=True):
+    def backward(self, b, dout, caches, need_dx=True):
         """dout (N, O) -> dx (N, I) | None, grads {key: array}.  Walks the layers in reverse."""
         _, act_b = ACTIVATIONS[self.act]
         grads = {}
@@ -182,8 +182,8 @@ class MLP:
         for i in reversed(range(self.n_layers)):
             lc, ac = caches[i]
             if i < self.n_layers - 1:
-                d = act_b(backend, d, ac)
-            d, dW, db = linear_backward(backend.xp, d, lc, need_dx=(i > 0 or need_dx))
+                d = act_b(b, d, ac)
+            d, dW, db = linear_backward(b.xp, d, lc, need_dx=(i > 0 or need_dx))
             grads[f"{self.prefix}.{i}.W"] = dW
             grads[f"{self.prefix}.{i}.b"] = db
         return d, grads

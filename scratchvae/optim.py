@@ -35,15 +35,15 @@ def _adam_update(p, g, m, v, b1, b2, step, eps_hat):
 
 
 class Adam:
-    def __init__(self, backend, params: dict, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    def __init__(self, b, params: dict, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
         if not lr > 0:
             raise ValueError(f"learning rate must be positive, got {lr}")
-        self.b = backend
+        self.b = b
         self.lr, self.b1, self.b2, self.eps = float(lr), float(b1), float(b2), float(eps)
         self.t = 0
-        self.m = {k: backend.xp.zeros_like(v) for k, v in params.items()}
-        self.v = {k: backend.xp.zeros_like(v) for k, v in params.items()}
-        self.chunked = backend.name == "numpy"
+        self.m = {k: b.xp.zeros_like(v) for k, v in params.items()}
+        self.v = {k: b.xp.zeros_like(v) for k, v in params.items()}
+        self.chunked = b.name == "numpy"
 
     def step(self, params: dict, grads: dict, lr: float | None = None, keys=None):
         """One in-place update of ``params`` (only ``keys`` if given)."""

@@ -51,7 +51,7 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def blas_limit(backend, params, batch_size):
+def blas_limit(b, params, batch_size):
     """A context that runs small problems on one BLAS thread.
 
     Multi-threaded BLAS only pays when each product is large; for the small networks of the
@@ -61,7 +61,7 @@ def blas_limit(backend, params, batch_size):
     step's multiply-adds (~ 3 x batch x parameters) are below 1e8.  NumPy backend only."""
     import contextlib
 
-    if backend.name != "numpy":
+    if b.name != "numpy":
         return contextlib.nullcontext()
     n_params = sum(int(np.prod(v.shape)) for v in params.values())
     if 3 * batch_size * n_params >= 1e8:
@@ -171,10 +171,10 @@ def atomic_write(path, write_fn, mode="wb"):
         raise
 
 
-def save_checkpoint(path, backend, params, opt, step, meta: dict, history=None):
-    arrays = {f"param.{k}": backend.to_numpy(v) for k, v in params.items()}
+def save_checkpoint(path, b, params, opt, step, meta: dict, history=None):
+    arrays = {f"param.{k}": b.to_numpy(v) for k, v in params.items()}
     if opt is not None:
-        arrays.update({k: backend.to_numpy(v) for k, v in opt.state_dict().items()})
+        arrays.update({k: b.to_numpy(v) for k, v in opt.state_dict().items()})
     info = {"step": int(step), "adam_t": int(opt.t) if opt is not None else 0,
             "meta": meta, "history": history or []}
     arrays["__info__"] = np.array(json.dumps(info))

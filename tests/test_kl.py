@@ -446,7 +446,7 @@ def test_estimators_use_only_their_scenarios_access():
     kl.forward_kl_mle(B, kl.Full(tw), p, kl.draw_p_noise(B, B.rng(1), (8,)))
     assert tw.calls and set(tw.calls) == {"sample"}
     # ... and takes no noise for q, so it cannot sample q either
-    assert list(inspect.signature(kl.forward_kl_mle).parameters) == ["backend", "oracle", "params",
+    assert list(inspect.signature(kl.forward_kl_mle).parameters) == ["b", "oracle", "params",
                                                                      "p_noise"]
     # scenario 3 estimators never sample p
     for fn in (kl.reverse_kl_reparam, kl.reverse_kl_score, kl.forward_kl_snis):

@@ -46,10 +46,10 @@ class TwoModeMixture:
     ``sample``      x = a * sign + s * eps from noise {"eps": N(0,1), "u": U(0,1)}
     """
 
-    def __init__(self, backend, a: float = 2.0, s: float = 0.5):
+    def __init__(self, b, a: float = 2.0, s: float = 0.5):
         if not (s > 0):
             raise ValueError(f"s must be positive, got {s}")
-        self.b, self.a, self.s = backend, float(a), float(s)
+        self.b, self.a, self.s = b, float(a), float(s)
         self.log_Z = math.log(2.0 * math.sqrt(2.0 * math.pi) * self.s)
 
     def log_unnorm(self, x):
@@ -70,13 +70,13 @@ class TwoModeMixture:
         return self.a * sign + self.s * eps
 
 
-def draw_p_noise(backend, rng, shape) -> dict:
+def draw_p_noise(b, rng, shape) -> dict:
     """The randomness p's sampler consumes: {"eps": N(0,1), "u": U(0,1)}, each of ``shape``."""
     shape = tuple(shape)
     return {"eps": rng.normal(shape), "u": rng.uniform(shape)}
 
 
-def draw_q_noise(backend, rng, shape):
+def draw_q_noise(b, rng, shape):
     """eps ~ N(0, 1) of ``shape``; q's samples are x = m + exp(rho) eps (eq. 1.4)."""
     return rng.normal(tuple(shape))
 
@@ -172,23 +172,23 @@ class Estimate(NamedTuple):
     aux: dict
 
 
-def init_params(backend, m: float = 0.0, rho: float = 0.0) -> dict:
+def init_params(b, m: float = 0.0, rho: float = 0.0) -> dict:
     """q's parameters as 0-d device arrays: {"m": m, "rho": rho}, sigma = exp(rho)."""
-    return {"m": backend.asarray(m), "rho": backend.asarray(rho)}
+    return {"m": b.asarray(m), "rho": b.asarray(rho)}
 
 
-def log_q(backend, params, x):
+def log_q(b, params, x):
     """log N(x; m, exp(2 rho)) elementwise (eq. 1.4)."""
-    xp = backend.xp
+    xp = b.xp
     m, rho = params["m"], params["rho"]
     u = (x - m) * xp.exp(-rho)
     return -0.5 * LOG2PI - rho - 0.5 * u * u
 
 
-def log_q_grad(backend, params, x) -> dict:
+def log_q_grad(b, params, x) -> dict:
     """Score of q in its parameters at fixed x, elementwise (eq. 1.5):
     d/dm log q = (x - m) / sigma^2,   d/drho log q = ((x - m) / sigma)^2 - 1."""
-    xp = backend.xp
+    xp = b.xp
     m, rho = params["m"], params["rho"]
     u = (x - m) * xp.exp(-rho)
     return {"m": u * xp.exp(-rho), "rho": u * u - 1.0}
@@ -198,14 +198,14 @@ def _mean(xp, v):
     return xp.mean(v, axis=-1)
 
 
-def _draw_q(backend, params, eps):
+def _draw_q(b, params, eps):
     """x = m + sigma eps with sigma = exp(rho), and log q(x) = -1/2 log 2pi - rho - eps^2/2."""
     m, rho = params["m"], params["rho"]
-    sigma = backend.xp.exp(rho)
+    sigma = b.xp.exp(rho)
     return sigma, m + sigma * eps, -0.5 * LOG2PI - rho - 0.5 * eps * eps
 
 
-def _reverse_reparam(backend, log_target, score_target, params, eps, stl=False) -> Estimate:
+def _reverse_reparam(b, log_target, score_target, params, eps, stl=False) -> Estimate:
     """Shared body of the reparameterisation estimator of E_q[log q - log target] (eq. 1.7).
 
     x = m + sigma eps;  log q(x) = -1/2 log 2pi - rho - eps^2/2 (it does not depend on m);
@@ -216,8 +216,8 @@ def _reverse_reparam(backend, log_target, score_target, params, eps, stl=False) 
     zero-mean terms eps/sigma and eps^2 - 1 (the score of q), so it is unbiased too, and its
     variance vanishes where q = target.
     """
-    xp = backend.xp
-    sigma, x, logq = _draw_q(backend, params, eps)                 # (..., n)
+    xp = b.xp
+    sigma, x, logq = _draw_q(b, params, eps)                 # (..., n)
     f = logq - log_target(x)                                        # log q(x) - log target(x)
     g = score_target(x)                                             # d/dx log target
     if stl:
@@ -228,29 +228,29 @@ def _reverse_reparam(backend, log_target, score_target, params, eps, stl=False) 
 
 
 # ---------------------------------------------------------------- scenario 1: Full access
-def reverse_kl_full(backend, oracle, params, eps, stl: bool = False) -> Estimate:
+def reverse_kl_full(b, oracle, params, eps, stl: bool = False) -> Estimate:
     """Scenario 1, KL(q||p): value = mean(log q(x) - log p(x)), x = m + sigma eps, unbiased;
     gradient by reparameterisation (eq. 1.7) through p's normalised density.
 
     ``eps``: (..., n) standard normal noise; outputs have shape (...)."""
     p = Full(oracle)
-    return _reverse_reparam(backend, p.log_prob, p.score, params, eps, stl)
+    return _reverse_reparam(b, p.log_prob, p.score, params, eps, stl)
 
 
-def forward_kl_full(backend, oracle, params, p_noise) -> Estimate:
+def forward_kl_full(b, oracle, params, p_noise) -> Estimate:
     """Scenario 1, KL(p||q): value = mean(log p(x) - log q(x)) over x ~ p, unbiased (eq. 1.6);
     gradient = that of :func:`forward_kl_mle` (log p does not depend on the params)."""
     p = Full(oracle)
-    xp = backend.xp
+    xp = b.xp
     x = p.sample(p_noise)
-    lq = log_q(backend, params, x)
-    dq = log_q_grad(backend, params, x)
+    lq = log_q(b, params, x)
+    dq = log_q_grad(b, params, x)
     grads = {k: -_mean(xp, v) for k, v in dq.items()}
     return Estimate(_mean(xp, p.log_prob(x) - lq), grads, {"x": x})
 
 
 # ---------------------------------------------------------------- scenario 2: samples of p
-def forward_kl_mle(backend, oracle, params, p_noise) -> Estimate:
+def forward_kl_mle(b, oracle, params, p_noise) -> Estimate:
     """Scenario 2, KL(p||q) up to the unknown constant -H(p): maximum likelihood (eq. 1.6).
 
     value = mean(-log q(x_i)) over x_i ~ p (the cross-entropy H(p, q) = KL(p||q) + H(p));
@@ -259,28 +259,28 @@ def forward_kl_mle(backend, oracle, params, p_noise) -> Estimate:
     Sees p only through :class:`SampleOnly`, and receives no q noise, so it can neither evaluate
     p's density nor sample q.  Zero gradient at m = mean(x), sigma^2 = mean((x - m)^2)."""
     p = SampleOnly(oracle)
-    xp = backend.xp
+    xp = b.xp
     x = p.sample(p_noise)
-    dq = log_q_grad(backend, params, x)
+    dq = log_q_grad(b, params, x)
     grads = {k: -_mean(xp, v) for k, v in dq.items()}
-    return Estimate(-_mean(xp, log_q(backend, params, x)), grads, {"x": x})
+    return Estimate(-_mean(xp, log_q(b, params, x)), grads, {"x": x})
 
 
 # ---------------------------------------------------------------- scenario 3: unnormalised p
-def reverse_kl_reparam(backend, oracle, params, eps, stl: bool = False) -> Estimate:
+def reverse_kl_reparam(b, oracle, params, eps, stl: bool = False) -> Estimate:
     """Scenario 3, KL(q||p) - log Z by reparameterisation (eq. 1.7).
 
     value = mean(log q(x) - log p~(x)), x = m + sigma eps: unbiased for KL(q||p) - log Z, and the
     unknown log Z does not depend on (m, rho), so the gradient is unbiased for grad KL(q||p).
     ``stl=True``: the sticking-the-landing variant (see :func:`_reverse_reparam`)."""
     p = UnnormalisedDensity(oracle)
-    return _reverse_reparam(backend, p.log_unnorm, p.score, params, eps, stl)
+    return _reverse_reparam(b, p.log_unnorm, p.score, params, eps, stl)
 
 
 BASELINES = ("loo", "none", "mean")
 
 
-def reverse_kl_score(backend, oracle, params, eps, baseline: str = "loo") -> Estimate:
+def reverse_kl_score(b, oracle, params, eps, baseline: str = "loo") -> Estimate:
     """Scenario 3, grad KL(q||p) by the score-function (log-derivative) estimator (eq. 1.8).
 
     x_i = m + sigma eps_i are samples of q, held fixed (no path derivative);
@@ -296,9 +296,9 @@ def reverse_kl_score(backend, oracle, params, eps, baseline: str = "loo") -> Est
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     p = UnnormalisedDensity(oracle)
-    xp = backend.xp
+    xp = b.xp
     n = eps.shape[-1]
-    sigma, x, logq = _draw_q(backend, params, eps)
+    sigma, x, logq = _draw_q(b, params, eps)
     f = logq - p.log_unnorm(x)
     if baseline == "loo":
         if n < 2:
@@ -315,7 +315,7 @@ def reverse_kl_score(backend, oracle, params, eps, baseline: str = "loo") -> Est
     return Estimate(_mean(xp, f), grads, {"x": x, "f": f, "coef": coef})
 
 
-def forward_kl_snis(backend, oracle, params, eps) -> Estimate:
+def forward_kl_snis(b, oracle, params, eps) -> Estimate:
     """Scenario 3 (optional), KL(p||q) by self-normalised importance sampling from q (eq. 1.11).
 
     log w_i = log p~(x_i) - log q(x_i),  wbar = softmax(log w),  log Zhat = logsumexp(log w) - log n
@@ -324,11 +324,11 @@ def forward_kl_snis(backend, oracle, params, eps) -> Estimate:
     Consistent but biased for finite n (a ratio and a log of a mean); badly so when q misses a
     mode of p, which is exactly the regime of the reverse-KL minima."""
     p = UnnormalisedDensity(oracle)
-    xp = backend.xp
+    xp = b.xp
     n = eps.shape[-1]
-    sigma, x, logq = _draw_q(backend, params, eps)
+    sigma, x, logq = _draw_q(b, params, eps)
     logw = p.log_unnorm(x) - logq
-    lse = backend.logsumexp(logw, axis=-1, keepdims=True)
+    lse = b.logsumexp(logw, axis=-1, keepdims=True)
     wbar = xp.exp(logw - lse)
     log_Z_hat = xp.squeeze(lse, axis=-1) - math.log(n)
     value = xp.sum(wbar * logw, axis=-1) - log_Z_hat

@@ -23,31 +23,31 @@ from .minima import (centre_rho, descent_path, fold_separation, global_switch_se
                      locate_minima, reverse_critical_points, separation_sweep)
 
 
-def _summ(backend, arr):
-    a = backend.to_numpy(arr).astype(np.float64).reshape(-1)
+def _summ(b, arr):
+    a = b.to_numpy(arr).astype(np.float64).reshape(-1)
     return float(a.mean()), float(a.std(ddof=1)), float(a.var(ddof=1))
 
 
-def variance_table(backend, a, s, points, *, n: int = 16, reps: int = 2000, key=("kl", "var")):
+def variance_table(b, a, s, points, *, n: int = 16, reps: int = 2000, key=("kl", "var")):
     """Gradient estimators of KL(q||p) at each (label, m, rho): mean, standard error and
     variance over ``reps`` independent estimates, each from ``n`` samples, against the exact
     (quadrature) gradient.  Rows are JSON-able dicts."""
-    target = TwoModeMixture(backend, a, s)
+    target = TwoModeMixture(b, a, s)
     oracle = UnnormalisedDensity(target)
     rows = []
     for i, (label, m, rho) in enumerate(points):
-        params = init_params(backend, m, rho)
-        eps = draw_q_noise(backend, backend.rng(*key, i), (reps, n))
+        params = init_params(b, m, rho)
+        eps = draw_q_noise(b, b.rng(*key, i), (reps, n))
         ex_m, ex_r = (float(v) for v in exact_reverse_kl_grad(m, rho, a, s))
         ests = {
-            "reparam": reverse_kl_reparam(backend, oracle, params, eps),
-            "reparam (STL)": reverse_kl_reparam(backend, oracle, params, eps, stl=True),
-            "score+loo": reverse_kl_score(backend, oracle, params, eps, baseline="loo"),
-            "score (no baseline)": reverse_kl_score(backend, oracle, params, eps, baseline="none"),
+            "reparam": reverse_kl_reparam(b, oracle, params, eps),
+            "reparam (STL)": reverse_kl_reparam(b, oracle, params, eps, stl=True),
+            "score+loo": reverse_kl_score(b, oracle, params, eps, baseline="loo"),
+            "score (no baseline)": reverse_kl_score(b, oracle, params, eps, baseline="none"),
         }
         for name, est in ests.items():
-            mm, sm, vm = _summ(backend, est.grads["m"])
-            mr, sr, vr = _summ(backend, est.grads["rho"])
+            mm, sm, vm = _summ(b, est.grads["m"])
+            mr, sr, vr = _summ(b, est.grads["rho"])
             rows.append({"point": label, "m": m, "rho": rho, "estimator": name, "n": n,
                          "reps": reps, "exact_dm": ex_m, "exact_drho": ex_r,
                          "mean_dm": mm, "se_dm": sm / math.sqrt(reps), "var_dm": vm,
@@ -55,25 +55,25 @@ def variance_table(backend, a, s, points, *, n: int = 16, reps: int = 2000, key=
     return rows
 
 
-def snis_table(backend, a, s, points, ns=(4, 16, 64, 256), *, reps: int = 400, key=("kl", "snis")):
+def snis_table(b, a, s, points, ns=(4, 16, 64, 256), *, reps: int = 400, key=("kl", "snis")):
     """Self-normalised IS estimates of KL(p||q) (scenario 3) at each (label, m, rho) and sample
     size n: mean and standard error over ``reps`` estimates vs the exact value."""
-    target = TwoModeMixture(backend, a, s)
+    target = TwoModeMixture(b, a, s)
     oracle = UnnormalisedDensity(target)
     rows = []
     for i, (label, m, rho) in enumerate(points):
-        params = init_params(backend, m, rho)
+        params = init_params(b, m, rho)
         exact = float(exact_forward_kl(m, rho, a, s))
         for j, n in enumerate(ns):
-            eps = draw_q_noise(backend, backend.rng(*key, i, j), (reps, n))
-            mean, sd, _ = _summ(backend, forward_kl_snis(backend, oracle, params, eps).value)
+            eps = draw_q_noise(b, b.rng(*key, i, j), (reps, n))
+            mean, sd, _ = _summ(b, forward_kl_snis(b, oracle, params, eps).value)
             rows.append({"point": label, "m": m, "rho": rho, "n": int(n), "reps": reps,
                          "exact": exact, "mean": mean, "se": sd / math.sqrt(reps),
                          "bias": mean - exact})
     return rows
 
 
-def sgd_fit(backend, estimator, oracle, start, *, steps: int, n: int, lr: float = 0.05,
+def sgd_fit(b, estimator, oracle, start, *, steps: int, n: int, lr: float = 0.05,
             key=("kl", "sgd"), noise: str = "q"):
     """Adam (``scratchvae.optim``) on one estimator's gradients, fresh noise every step, the
     learning rate decayed geometrically from ``lr`` to ``lr / 50`` so the last iterate settles.
@@ -81,17 +81,17 @@ def sgd_fit(backend, estimator, oracle, start, *, steps: int, n: int, lr: float 
     of (m, rho) on the host (one transfer at the end)."""
     from scratchvae.optim import Adam
 
-    xp = backend.xp
-    params = init_params(backend, *start)
-    opt = Adam(backend, params, lr=lr, b2=0.9)  # short memory: early gradients are huge
+    xp = b.xp
+    params = init_params(b, *start)
+    opt = Adam(b, params, lr=lr, b2=0.9)  # short memory: early gradients are huge
     hist = [xp.stack([params["m"], params["rho"]])]
     for t in range(steps):
-        rng = backend.rng(*key, t)
-        nz = draw_q_noise(backend, rng, (n,)) if noise == "q" else draw_p_noise(backend, rng, (n,))
-        est = estimator(backend, oracle, params, nz)
+        rng = b.rng(*key, t)
+        nz = draw_q_noise(b, rng, (n,)) if noise == "q" else draw_p_noise(b, rng, (n,))
+        est = estimator(b, oracle, params, nz)
         opt.step(params, est.grads, lr=lr * 0.02 ** (t / max(1, steps - 1)))
         hist.append(xp.stack([params["m"], params["rho"]]))
-    return backend.to_numpy(xp.stack(hist)).astype(np.float64)
+    return b.to_numpy(xp.stack(hist)).astype(np.float64)
 
 
 def _variance_markdown(rows):
@@ -122,7 +122,7 @@ def _write_text(path, text: str):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def run_experiment(backend, out_dir, *, a: float = 2.0, s: float = 0.5, seed: int = 0,
+def run_experiment(b, out_dir, *, a: float = 2.0, s: float = 0.5, seed: int = 0,
                    n_samples: int = 32, steps: int = 600, quick: bool = False) -> dict:
     """Seed section 1.2 end to end.  Writes into ``out_dir``:
 
@@ -147,14 +147,14 @@ def run_experiment(backend, out_dir, *, a: float = 2.0, s: float = 0.5, seed: in
           for k in ("reverse", "forward")}
     # -- stochastic fits with the scenario estimators (Adam, fresh noise each step)
     n_steps = steps  # cheap (~0.1 s per fit): the same in quick mode
-    target = TwoModeMixture(backend, a, s)
+    target = TwoModeMixture(b, a, s)
     starts_sgd = {"mle": (-1.4 * a, math.log(s) - 0.5), "reparam": (0.3 * a, math.log(s) - 0.3),
                   "score": (-0.6 * a, math.log(s) + 0.3)}
-    fit_mle = sgd_fit(backend, forward_kl_mle, SampleOnly(target), starts_sgd["mle"],
+    fit_mle = sgd_fit(b, forward_kl_mle, SampleOnly(target), starts_sgd["mle"],
                       steps=n_steps, n=n_samples, key=key + ("mle",), noise="p")
-    fit_rep = sgd_fit(backend, reverse_kl_reparam, UnnormalisedDensity(target),
+    fit_rep = sgd_fit(b, reverse_kl_reparam, UnnormalisedDensity(target),
                       starts_sgd["reparam"], steps=n_steps, n=n_samples, key=key + ("reparam",))
-    fit_sf = sgd_fit(backend, reverse_kl_score, UnnormalisedDensity(target), starts_sgd["score"],
+    fit_sf = sgd_fit(b, reverse_kl_score, UnnormalisedDensity(target), starts_sgd["score"],
                      steps=n_steps, n=n_samples, key=key + ("score",))
     sgd_paths = {"forward": {"Adam on forward_kl_mle (scenario 2)": (fit_mle, "cyan")},
                  "reverse": {"Adam on reverse_kl_reparam (scenario 3)": (fit_rep, "magenta"),
@@ -165,12 +165,12 @@ def run_experiment(backend, out_dir, *, a: float = 2.0, s: float = 0.5, seed: in
               ("centre, rho*(0)", 0.0, round(rho0, 4)),
               ("between", round(0.5 * a, 4), round(math.log(s), 4)),
               ("far, wide", round(-1.5 * a, 4), round(math.log(s) + 0.7, 4))]
-    vt = variance_table(backend, a, s, points, n=n_samples, reps=300 if quick else 4000,
+    vt = variance_table(b, a, s, points, n=n_samples, reps=300 if quick else 4000,
                         key=key + ("var",))
     _, fwd_rho = forward_kl_minimiser(a, s)
     snis_points = [("forward-KL min", 0.0, round(fwd_rho, 4)),
                    ("reverse-KL min", round(g["m"], 4), round(g["rho"], 4))]
-    st = snis_table(backend, a, s, snis_points, ns=(4, 64) if quick else (4, 16, 64, 256, 1024),
+    st = snis_table(b, a, s, snis_points, ns=(4, 64) if quick else (4, 16, 64, 256, 1024),
                     reps=100 if quick else 400, key=key + ("snis",))
     sweep = separation_sweep(np.linspace(0.5, 4.5, 9 if quick else 33))
     # -- figures
