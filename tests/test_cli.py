@@ -216,3 +216,28 @@ def test_readme_commands_parse():
         if c.strip() == "--help":
             continue
         parse(shlex.split(c))                           # no command means train
+
+
+def test_config_replays_a_run(tmp_path, capsys):
+    """--config metrics.json (or seeds.json) reruns a run with the same options: bit-identical
+    parameters; options given beside it win."""
+    from scratchvae.train import load_checkpoint
+
+    a = tmp_path / "a"
+    assert main(["train", "--model", "gmvae", "--epochs", "1", "--pretrain-epochs", "1",
+                 "--anchor-epochs", "1", "--hidden", "16", "--latent-dim", "3", "--clusters", "4",
+                 "--limit", "150", "--iwae-k", "5", "--seed", "2", "--quiet", "--out", str(a)]) == 0
+    b = tmp_path / "b"
+    assert main(["--config", str(a / "metrics.json"), "--out", str(b)]) == 0
+    pa, _, _ = load_checkpoint(a / "checkpoint.npz")
+    pb, _, info = load_checkpoint(b / "checkpoint.npz")
+    assert info["meta"]["model"] == "gmvae"
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+    c = tmp_path / "c"
+    assert main(["--config", str(a / "metrics.json"), "--epochs", "2", "--out", str(c)]) == 0
+    assert json.loads((c / "metrics.json").read_text())["epochs"] == 2
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(tmp_path / "junk.json")])
+    assert e.value.code == 2 and "holds no options" in capsys.readouterr().err

@@ -133,6 +133,9 @@ def add_run_options(p, *, seeds=False):
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--quick", action="store_true",
                    help="tiny budgets for every stage (seconds; for smoke tests)")
+    g.add_argument("--config", metavar="FILE",
+                   help="replay a run: the config block of its metrics.json or seeds.json "
+                        "supplies every option left out here")
     if seeds:
         g.add_argument("--seeds", type=_number(int, "positive"), default=None,
                        help="number of seeds (default 3; --quick: 2)")
@@ -180,12 +183,49 @@ def build_parser():
     return p
 
 
+REPLAY_SKIPS = {"command", "out", "force", "resume", "quiet", "config", "figures_to"}
+
+
 def parse(argv=None):
-    """Parsed options; ``python run.py [options]`` means ``python run.py train [options]``."""
+    """Parsed options; ``python run.py [options]`` means ``python run.py train [options]``.
+    ``--config FILE`` replays a run: the ``config`` block of its ``metrics.json`` or
+    ``seeds.json`` (or a JSON object of option names) supplies every option the command line
+    leaves out; its command is used when none is given."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    block = _config_block(argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
-        argv = ["train"] + argv
-    return build_parser().parse_args(argv)
+        argv = [block.get("command") if block.get("command") in COMMANDS else "train"] + argv
+    p = build_parser()
+    if block:
+        sub = p._subparsers._group_actions[0].choices[argv[0]]
+        dests = {a.dest for a in sub._actions}
+        sub.set_defaults(**{k: (tuple(v) if isinstance(v, list) else v)
+                            for k, v in block.items() if k in dests and k not in REPLAY_SKIPS})
+    return p.parse_args(argv)
+
+
+def _config_block(argv) -> dict:
+    """The replayed options of ``--config FILE`` (removed from ``argv``), or {}."""
+    import json
+
+    for i, a in enumerate(argv):
+        if a == "--config" or a.startswith("--config="):
+            path = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else None)
+            del argv[i:i + (1 if "=" in a else 2)]
+            break
+    else:
+        return {}
+    prog = "run.py" if os.path.basename(sys.argv[0]) != "scratchvae" else "scratchvae"
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (TypeError, OSError, ValueError) as exc:
+        Parser(prog=prog).error(f"--config {path!r} is not a readable JSON file ({exc})")
+    block = data.get("config", data) if isinstance(data, dict) else None
+    if not isinstance(block, dict):
+        Parser(prog=prog).error(f"--config {path!r} holds no options: give a metrics.json or "
+                                "seeds.json of a run, or a JSON object of option names")
+    return block
 
 
 def explicit_options(args) -> dict:

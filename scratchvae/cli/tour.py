@@ -14,7 +14,7 @@ from ..backend import Backend
 from ..train import atomic_write
 from .options import chosen_options, explicit_options
 from .registry import entry
-from .runs import get_data, run_folder, versions, write_json
+from .runs import config_record, get_data, run_folder, versions, write_json
 from .train import run_model
 
 STAGES = ("kl", "vae", "fullcov", "gmvae", "vqvae")      # in this order
@@ -76,7 +76,8 @@ def _tour(args, stages, ds, out) -> dict:
               "seed": seed, **est.backend_.describe(), "versions": versions(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": seconds,
               "n_train": int(ds.x_train.shape[0]), "n_test": int(ds.x_test.shape[0])}
-    write_json(os.path.join(out, "metrics.json"), {"header": header, **results})
+    write_json(os.path.join(out, "metrics.json"),
+               {"header": header, "config": config_record(args), **results})
     text = render_report(out, header, results)
     atomic_write(os.path.join(out, "report.md"), lambda f: f.write(text), mode="w")
     if getattr(args, "figures_to", None):
