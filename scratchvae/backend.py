@@ -19,7 +19,6 @@ checkpoint at step ``t`` draws exactly the noise an uninterrupted run would have
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -213,7 +212,3 @@ class RNG:
 
     def permutation(self, n: int):
         return self.b.asindex(self.permutation_host(n))
-
-
-def log2pi() -> float:
-    return math.log(2.0 * math.pi)

@@ -46,10 +46,6 @@ def write_json(path, obj):
     atomic_write(path, lambda f: f.write(text + "\n"), mode="w")
 
 
-def write_text(path, text):
-    atomic_write(path, lambda f: f.write(text), mode="w")
-
-
 def default_out(model: str) -> str:
     return os.path.join("runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
 

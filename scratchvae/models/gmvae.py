@@ -35,7 +35,6 @@ class GMVAE(VAE):
     kind = "gmvae"
 
     def __init__(self, cfg: GMVAEConfig, backend):
-        self.gcfg = cfg
         super().__init__(cfg.vae_config(), backend,
                          prior=MixturePrior(cfg.clusters, cfg.latent_dim, cfg.var_min, cfg.gamma))
         self.cfg = cfg
