@@ -90,6 +90,10 @@ class Backend:
         self.xp = xp
         self.dtype = getattr(xp, self.dtype_name)
 
+    def __reduce__(self):
+        # pickled (and deep-copied) by its recipe: the array module itself cannot be pickled
+        return (Backend, (self.name, self.dtype_name, self.seed, self.device_name))
+
     # ------------------------------------------------------------------ host <-> device
     def asarray(self, a, dtype=None):
         """Host (or Python) data -> array on this backend's device, float dtype by default."""

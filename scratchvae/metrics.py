@@ -43,13 +43,15 @@ def cluster_acc(y_true, y_pred) -> float:
     """Accuracy after the best one-to-one relabelling of predicted clusters (Hungarian)."""
     from scipy.optimize import linear_sum_assignment
 
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"label arrays differ in shape: {y_true.shape} vs {y_pred.shape}")
-    n = int(max(y_true.max(), y_pred.max())) + 1
+    # any label values (negative, huge, strings) -> codes 0..C-1: the matrix is C x C'
+    t = np.unique(y_true, return_inverse=True)[1].reshape(-1)
+    p = np.unique(y_pred, return_inverse=True)[1].reshape(-1)
+    n = int(max(t.max(initial=0), p.max(initial=0))) + 1
     w = np.zeros((n, n), dtype=np.int64)
-    np.add.at(w, (y_pred, y_true), 1)
+    np.add.at(w, (p, t), 1)
     r, c = linear_sum_assignment(-w)
     return float(w[r, c].sum()) / y_true.size
 

@@ -4,7 +4,8 @@ An estimator's options are one flat dataclass (:func:`make_options`) made of
 
 * the fields of its model's config dataclass (``scratchvae/models/*.py``), except ``D``, which
   the data decide -- so a new model's new config field is an option with no further code;
-* :class:`TrainOptions` (epochs, learning rate, ...), with per-model defaults;
+* :class:`TrainOptions` (epochs, learning rate, ...), with per-model defaults, and
+  :class:`ScoreOptions` for the models scored by importance sampling;
 * extra groups, such as the GMVAE's :class:`scratchvae.recipe.ClusteringRecipe`;
 * :class:`RuntimeOptions` (backend, dtype, seed).
 
@@ -16,7 +17,11 @@ same sentence.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .errors import UsageError
 
@@ -35,6 +40,22 @@ def option(default, help: str, *, check: str | None = None, choices=None, flag: 
                                             "flag": flag, "cli": cli})
 
 
+def about(help: str, **kw) -> dict:
+    """The metadata of an option whose field (and default) lives elsewhere: a model config."""
+    return {"help": help, "check": kw.get("check"), "choices": kw.get("choices"),
+            "flag": kw.get("flag"), "cli": kw.get("cli", True)}
+
+
+def flag_of(name: str, meta=None) -> str:
+    """The command-line spelling of an option."""
+    return (meta or {}).get("flag") or "--" + name.replace("_", "-")
+
+
+def spell(name: str, meta=None) -> str:
+    """An option named for both audiences: ``clusters (--clusters)``."""
+    return f"{name} ({flag_of(name, meta)})"
+
+
 @dataclass
 class TrainOptions:
     epochs: int = option(60, "training epochs (GMVAE: the final ELBO phase)", check="positive")
@@ -45,6 +66,10 @@ class TrainOptions:
     decay_every: int = option(10, "epochs between learning-rate decays", check="positive")
     checkpoint_every: int = option(0, "epochs between checkpoints (0: only at the end)",
                                    check="nonneg")
+
+
+@dataclass
+class ScoreOptions:
     iwae_k: int = option(200, "importance samples of the held-out log-likelihood bound",
                          check="positive")
 
@@ -64,35 +89,35 @@ class RuntimeOptions:
 # Help texts and checks of the model configs' fields (the models' own files stay free of
 # command-line concerns).  A config field missing here is still an option, with a plain help.
 MODEL_FIELDS = {
-    "latent_dim": option(10, "latent size J (VQ-VAE: size of each code vector)", check="positive"),
-    "hidden": option((256, 256), "hidden layer sizes of the encoder (the decoder mirrors them), "
-                                 "e.g. 500,500,2000"),
-    "act": option("relu", "hidden activation", choices=("relu", "tanh", "softplus")),
-    "likelihood": option("bernoulli", "p(x|z): bernoulli (data in [0, 1]) or gaussian (any "
-                                      "real data)", choices=("bernoulli", "gaussian")),
-    "posterior": option("diag", "q(z|x) head: mean-field (diag) or full covariance (cholesky)",
-                        choices=("diag", "cholesky")),
-    "n_samples": option(1, "Monte Carlo samples L per example in the ELBO", check="positive",
-                        flag="--samples"),
-    "cholesky_diag": option("softplus", "activation of the Cholesky factor's diagonal "
-                                        "(softplus + 1e-5, or exp)", choices=("softplus", "exp")),
-    "clusters": option(10, "mixture components K", check="positive"),
-    "var_min": option(1e-3, "floor of the component variances", check="positive"),
-    "gamma": option("sample", "q(c|x): p(c|z) averaged over the samples (the assignment's "
-                              "§3.3) or the ELBO's exact maximiser softmax(log pi - T/2)",
-                    choices=("sample", "optimal")),
-    "codes_per_input": option(4, "latent vectors M per input", check="positive"),
-    "codebook_size": option(64, "codes K in the codebook", check="positive"),
-    "beta": option(0.25, "weight of the commitment term", check="nonneg"),
-    "codebook_update": option("ema", "codebook learned by moving averages (ema) or by its loss "
-                                     "(grad)", choices=("ema", "grad")),
-    "decay": option(0.99, "EMA decay of the codebook statistics", check="fraction"),
-    "ema_eps": option(1e-5, "Laplace smoothing of the EMA counts", check="nonneg"),
-    "dead_after": option(100, "steps unused after which a code is dead", check="positive"),
-    "restart": option(True, "re-seed dead codes at recent encoder outputs"),
-    "restart_every": option(10, "steps between dead-code checks", check="positive"),
-    "kmeans_init": option(False, "k-means codebook from the first batch's encoder outputs"),
-    "kmeans_iters": option(10, "k-means iterations of kmeans_init", check="positive"),
+    "latent_dim": about("latent size J (VQ-VAE: size of each code vector)", check="positive"),
+    "hidden": about("hidden layer sizes of the encoder (the decoder mirrors them), "
+                    "e.g. 500,500,2000"),
+    "act": about("hidden activation", choices=("relu", "tanh", "softplus")),
+    "likelihood": about("p(x|z): bernoulli (data in [0, 1]) or gaussian (any "
+                        "real data)", choices=("bernoulli", "gaussian")),
+    "posterior": about("q(z|x) head: mean-field (diag) or full covariance (cholesky)",
+                       choices=("diag", "cholesky")),
+    "n_samples": about("Monte Carlo samples L per example in the ELBO", check="positive",
+                       flag="--samples"),
+    "cholesky_diag": about("activation of the Cholesky factor's diagonal "
+                           "(softplus + 1e-5, or exp)", choices=("softplus", "exp")),
+    "clusters": about("mixture components K", check="positive"),
+    "var_min": about("floor of the component variances", check="positive"),
+    "gamma": about("q(c|x): p(c|z) averaged over the samples (the assignment's "
+                   "§3.3) or the ELBO's exact maximiser softmax(log pi - T/2)",
+                   choices=("sample", "optimal")),
+    "codes_per_input": about("latent vectors M per input", check="positive"),
+    "codebook_size": about("codes K in the codebook", check="positive"),
+    "beta": about("weight of the commitment term", check="nonneg"),
+    "codebook_update": about("codebook learned by moving averages (ema) or by its loss "
+                             "(grad)", choices=("ema", "grad")),
+    "decay": about("EMA decay of the codebook statistics", check="fraction"),
+    "ema_eps": about("Laplace smoothing of the EMA counts", check="nonneg"),
+    "dead_after": about("steps unused after which a code is dead", check="positive"),
+    "restart": about("re-seed dead codes at recent encoder outputs"),
+    "restart_every": about("steps between dead-code checks", check="positive"),
+    "kmeans_init": about("k-means codebook from the first batch's encoder outputs"),
+    "kmeans_iters": about("k-means iterations of kmeans_init", check="positive"),
 }
 
 
@@ -101,7 +126,8 @@ def _copy(f, default):
     return field(default=default, metadata=f.metadata)
 
 
-def make_options(name: str, model_config, *groups, defaults: dict | None = None, doc: str = ""):
+def make_options(name: str, model_config, *groups, defaults: dict | None = None, doc: str = "",
+                 module: str = __name__):
     """The options dataclass of an estimator: the model config's fields (minus ``D``), then
     :class:`TrainOptions`, ``groups``, :class:`RuntimeOptions`; ``defaults`` overrides their
     defaults (per-model epochs, learning rate, ...)."""
@@ -110,10 +136,8 @@ def make_options(name: str, model_config, *groups, defaults: dict | None = None,
     for f in dataclasses.fields(model_config):
         if f.name == "D":
             continue
-        known = MODEL_FIELDS.get(f.name)
-        meta = known.metadata if known is not None else {
-            "help": f"model option {f.name} (see {model_config.__name__})", "check": None,
-            "choices": None, "flag": None, "cli": True}
+        meta = MODEL_FIELDS.get(f.name) or about(f"model option {f.name} (see "
+                                                  f"{model_config.__name__})")
         specs.append((f.name, field(default=f.default, metadata=meta)))
     for g in (TrainOptions, *groups, RuntimeOptions):
         specs += [(f.name, _copy(f, f.default)) for f in dataclasses.fields(g)]
@@ -124,7 +148,7 @@ def make_options(name: str, model_config, *groups, defaults: dict | None = None,
     specs = [(n, _copy(f, defaults.pop(n)) if n in defaults else f) for n, f in specs]
     cls = dataclasses.make_dataclass(name, [(n, type(f.default), f) for n, f in specs])
     cls.__doc__ = doc or f"Options of an estimator: {', '.join(names)}."
-    cls.__module__ = __name__
+    cls.__module__ = module          # where the class is reachable by name (pickle)
     return cls
 
 
@@ -132,24 +156,32 @@ def check_options(opts) -> None:
     """Raise :class:`UsageError` (one sentence) for the first option value that cannot work."""
     for f in dataclasses.fields(opts):
         v, meta = getattr(opts, f.name), f.metadata
-        kind = type(f.default)
+        kind, who = type(f.default), f"{f.name}={v!r} ({flag_of(f.name, meta)})"
         if kind is tuple:
             ok = (isinstance(v, (tuple, list)) and len(v) > 0
-                  and all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in v))
+                  and all(isinstance(t, numbers.Integral) and not isinstance(t, bool) and t >= 1
+                          for t in v))
             if not ok:
-                raise UsageError(f"{f.name}={v!r}: give a non-empty sequence of positive integers, "
+                raise UsageError(f"{who}: give a non-empty sequence of positive integers, "
                                  "e.g. (256, 256)")
             continue
         if kind is bool:
-            if not isinstance(v, bool):
-                raise UsageError(f"{f.name}={v!r}: must be True or False")
+            if not isinstance(v, (bool, np.bool_)):
+                raise UsageError(f"{who}: must be True or False")
             continue
         if kind in (int, float):
-            ok_type = isinstance(v, int) if kind is int else isinstance(v, (int, float))
-            if not ok_type or isinstance(v, bool) or v != v:
-                raise UsageError(f"{f.name}={v!r}: must be {'an integer' if kind is int else 'a number'}")
+            want = numbers.Integral if kind is int else numbers.Real
+            if not isinstance(v, want) or isinstance(v, (bool, np.bool_)) or not math.isfinite(v):
+                raise UsageError(f"{who}: must be {'an integer' if kind is int else 'a finite number'}")
         if meta.get("choices") and v not in meta["choices"]:
-            raise UsageError(f"{f.name}={v!r}: choose one of {', '.join(map(str, meta['choices']))}")
+            raise UsageError(f"{who}: choose one of {', '.join(map(str, meta['choices']))}")
         check = meta.get("check")
         if check and not CHECKS[check][0](v):
-            raise UsageError(f"{f.name}={v!r}: must be {CHECKS[check][1]}")
+            raise UsageError(f"{who}: must be {CHECKS[check][1]}")
+
+
+def plain(v):
+    """An option value as plain JSON-able Python (NumPy scalars and tuples included)."""
+    if isinstance(v, (tuple, list)):
+        return [plain(t) for t in v]
+    return v.item() if isinstance(v, np.generic) else v

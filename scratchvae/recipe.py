@@ -71,7 +71,7 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
             rep["anchor_loss"] = _anchored_warm_up(model, params, X, labels, r.anchor_epochs,
                                                    batch_size, lr, progress, score)
         rep["anchor_epochs"] = r.anchor_epochs
-    rep["pretrain_seconds"] = time.perf_counter() - t0
+    rep["recipe_seconds"] = time.perf_counter() - t0
     return rep
 
 

@@ -136,8 +136,8 @@ def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, histor
             if bar is not None:
                 bar.close()
             raise FloatingPointError(
-                f"training diverged at epoch {epoch + 1} (loss {rec['loss']}); lower --lr or check "
-                "the data scale")
+                f"training diverged at epoch {epoch + 1} (loss {rec['loss']}); lower the learning "
+                "rate (lr, --lr) or check the data scale")
         history.append(rec)
         if on_epoch is not None:
             on_epoch(rec, params, opt)

@@ -173,11 +173,12 @@ def test_output_folder_rules(tmp_path, capsys):
     assert not (tmp_path / "diverged").exists()
     err = _err(capsys, ["--model", "gmvae", "--clusters", "5000", "--quiet",
                         "--out", str(tmp_path / "k")])
-    assert "--clusters 5000" in err and not (tmp_path / "k").exists()
-    for combo, says in ((["--init", "gmm", "--anchor-epochs", "3"], "--anchor-epochs applies to --init graph"),
-                        (["--init", "gmm", "--graph-k", "5"], "--graph-k applies to --init graph"),
-                        (["--graph-k", "5000"], "--graph-k 5000 needs more than 5000 training"),
-                        (["--gmm-restarts", "3"], "--gmm-restarts applies to --init gmm")):
+    assert "clusters=5000 (--clusters)" in err and not (tmp_path / "k").exists()
+    for combo, says in ((["--init", "gmm", "--anchor-epochs", "3"],
+                         "anchor_epochs (--anchor-epochs) applies to init graph"),
+                        (["--init", "gmm", "--graph-k", "5"], "graph_k (--graph-k) applies to init graph"),
+                        (["--graph-k", "5000"], "graph_k=5000 (--graph-k) needs more than 5000 training"),
+                        (["--gmm-restarts", "3"], "gmm_restarts (--gmm-restarts) applies to init gmm")):
         err = _err(capsys, ["--model", "gmvae", "--quiet", "--out", str(tmp_path / "c")] + combo)
         assert says in err and not (tmp_path / "c").exists()
     for bad in (["--pretrain-dropout", "1.0"], ["--beta", "-1"], ["--checkpoint-every", "-1"]):
@@ -241,3 +242,51 @@ def test_config_replays_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--config", str(tmp_path / "junk.json")])
     assert e.value.code == 2 and "holds no options" in capsys.readouterr().err
+
+
+def test_resume_and_eval_continue_on_the_checkpoints_own_data(tmp_path, capsys):
+    out = tmp_path / "r"
+    base = ["--hidden", "8", "--latent-dim", "2", "--iwae-k", "5", "--quiet"]
+    assert main(["--model", "vae", "--epochs", "1", "--limit", "200", "--out", str(out)] + base) == 0
+    assert main(["--resume", str(out), "--epochs", "2", "--quiet"]) == 0    # no --model, no --data
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_train"] == 200 and m["epochs"] == 2 and m["config"]["model"] == "vae"
+    hist = [h["epoch"] for h in __import__("scratchvae").load(out / "checkpoint.npz").history_]
+    assert hist == [1, 2]
+    capsys.readouterr()
+    assert main(["eval", "--resume", str(out)]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["data"] == "digits" and ev["iwae_ll"] == m["iwae_ll"]        # same rows, same draws
+    for argv, says in ((["--batch-size", "32"], "batch_size (--batch-size) was 128"),
+                       (["--latent-dim", "3"], "latent_dim (--latent-dim) was 2"),
+                       (["--clusters", "3"], "--clusters is an option of gmvae"),
+                       (["--quick"], "--quick sets the budgets of a new run"),
+                       (["--epochs", "2"], "trained 2 epochs already")):
+        err = _err(capsys, ["--resume", str(out), "--quiet"] + argv)
+        assert says in err, err
+    # a resumed run's record replays as a run of the same model, not the tour
+    from scratchvae.cli import parse
+
+    a = parse(["--config", str(out / "metrics.json")])
+    assert a.command == "train" and a.model == "vae" and a.epochs == 2
+
+
+def test_more_option_mistakes_are_one_sentence(tmp_path, capsys):
+    err = _err(capsys, ["--model", "vae", "--posterior", "cholesky", "--quiet"])
+    assert "the vae model always has posterior diag" in err
+    err = _err(capsys, ["--model", "kl", "--epochs", "3", "--quiet"])
+    assert "takes no --epochs" in err
+    err = _err(capsys, ["--data", "MNIST", "--data-dir", str(tmp_path), "--model", "vae", "--quiet"])
+    assert "mnist" in err and ".npy" not in err                             # a name, not a path
+    (tmp_path / "bad.json").write_text(json.dumps({"command": "seeds", "model": "vae", "seeds": 0}))
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(tmp_path / "bad.json")])
+    assert e.value.code == 2 and "--seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:                                   # help, not a KeyError
+        main(["-h", "--config", str(tmp_path / "bad.json")])
+    assert e.value.code == 0
+    for argv in (["eval", "--resume", "x", "--epochs", "3"], ["seeds", "--model", "vae", "--seed", "1"],
+                 ["gradcheck", "--latent-dim", "3"]):
+        with pytest.raises(SystemExit) as e:                               # not offered there
+            main(argv)
+        assert e.value.code == 2

@@ -115,10 +115,15 @@ def test_bad_input_is_one_value_error_sentence():
     X, _ = _blobs()
     with pytest.raises(ValueError, match="no option 'n_cluster'"):
         GMVAE(n_cluster=3)
-    for kw, says in (({"epochs": 0}, "epochs=0: must be positive"),
+    for kw, says in (({"epochs": 0}, r"epochs=0 \(--epochs\): must be positive"),
+                     ({"lr": float("inf")}, "must be a finite number"),
                      ({"likelihood": "poisson"}, "choose one of bernoulli, gaussian"),
                      ({"hidden": (16, -1)}, "positive integers"),
-                     ({"clusters": 5000}, "clusters=5000 exceeds the 1000 training rows")):
+                     ({"clusters": 5000}, r"clusters=5000 \(--clusters\) exceeds the 1000 "),
+                     ({"init": "gmm", "anchor_epochs": 7}, r"anchor_epochs \(--anchor-epochs\) "
+                                                           "applies to init graph"),
+                     ({"gmm_restarts": 3}, "applies to init gmm"),
+                     ({"graph_k": 5000}, r"graph_k=5000 \(--graph-k\) needs more than")):
         with pytest.raises(scratchvae.ScratchVAEError, match=says):
             GMVAE(**{"epochs": 1, "pretrain_epochs": 1, **kw}).fit(X)
     bad = X.copy()
@@ -168,3 +173,64 @@ def test_every_option_is_a_flag_with_its_help():
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
             assert said.get(model, m.group(1)) == shown, (name, model, helps[name])
     assert "vqvae: 8" in helps["latent_dim"] and "gmvae: 0.002" in helps["lr"]
+
+
+def test_warm_start_refuses_what_it_cannot_continue():
+    ds = load_dataset("digits", limit=200)
+    est = VAE(epochs=2, hidden=(16,), latent_dim=2).fit(ds.x_train)
+    with pytest.raises(scratchvae.UsageError, match="latent_dim .* was 2 when this model was fitted"):
+        est.set_params(latent_dim=5, warm_start=True, epochs=3).fit(ds.x_train)
+    est.set_params(latent_dim=2)
+    with pytest.raises(scratchvae.UsageError, match="same data \\(200 rows\\); this X has 100"):
+        est.fit(ds.x_train[:100])
+    with pytest.raises(scratchvae.UsageError, match="trained 2 epochs already"):
+        est.set_params(epochs=2).fit(ds.x_train)
+    est.set_params(latent_dim=7)              # changed after fit, never refitted: not saved
+    again = load(_saved(est))
+    assert again.latent_dim == 2 and again.transform(ds.x_test).shape[1] == 2
+
+
+def _saved(est):
+    import tempfile
+
+    return est.save(tempfile.mkdtemp() + "/e.npz")
+
+
+def test_labels_of_any_kind_are_encoded():
+    from scratchvae.metrics import cluster_acc
+
+    assert cluster_acc([-1, -1, 1, 1], [0, 0, 1, 1]) == 1.0
+    assert cluster_acc([10**9, 10**9, 7, 7], [3, 3, 5, 5]) == 1.0
+    assert cluster_acc(["a", "b", "b"], [1, 0, 0]) == 1.0
+    ds = load_dataset("digits", limit=150)
+    names = np.array(list("abcdefghij"))[ds.y_train]
+    g = GMVAE(epochs=1, pretrain_epochs=1, anchor_epochs=1, hidden=(16,), latent_dim=3,
+              clusters=4).fit(ds.x_train, names)
+    assert 0 < g.fit_info_["partition_acc"] <= 1
+    with pytest.raises(scratchvae.DataError, match="NaN or inf labels"):
+        g.evaluate(ds.x_train, np.full(len(ds.x_train), np.nan))
+
+
+def test_python_and_numpy_conventions():
+    import copy
+    import pickle
+
+    from sklearn.utils.validation import check_is_fitted
+
+    ds = load_dataset("digits", limit=150)
+    est = VAE(epochs=np.int64(1), lr=np.float32(1e-3), hidden=(np.int64(8),), latent_dim=2)
+    est.latent_dim = 3                         # routed to the options, as set_params would
+    assert est.get_params()["latent_dim"] == 3
+    Z = est.fit_transform(ds.x_train)
+    assert Z.shape == (150, 3)
+    check_is_fitted(est)
+    for twin in (pickle.loads(pickle.dumps(est)), copy.deepcopy(est)):
+        np.testing.assert_array_equal(twin.transform(ds.x_test), est.transform(ds.x_test))
+    g = GMVAE(epochs=1, pretrain_epochs=1, anchor_epochs=1, hidden=(16,), latent_dim=3,
+              clusters=4)
+    labels = g.fit_predict(ds.x_train)
+    np.testing.assert_array_equal(labels, g.labels_)
+    np.testing.assert_array_equal(labels, g.predict(ds.x_train))
+    with pytest.raises(AttributeError, match="no attribute 'partition_'"):
+        GMVAE(init="gmm", epochs=1, pretrain_epochs=1, gmm_restarts=1, clusters=3,
+              hidden=(8,)).fit(ds.x_train).partition_

@@ -41,8 +41,17 @@ def _kl(args) -> dict:
 
     from .. import kl as KL
     from ..backend import Backend
+    from ..errors import UsageError
     from .runs import default_out, run_folder, write_json
 
+    from .options import explicit_options
+
+    extra = sorted(set(explicit_options(args)) - {"random_state", "backend"})
+    if extra or args.resume or args.limit or (args.data not in (None, "digits")):
+        what = f"--{extra[0].replace('_', '-')}" if extra else (
+            "--resume" if args.resume else "--data/--limit")
+        raise UsageError(f"--model kl is the §1 study of two 1-D Gaussians; it takes no {what} "
+                         "(only --seed, --backend, --quick, --out)")
     seed = args.seed or 0
     out = args.out or default_out("kl")
     with run_folder(out, args):

@@ -6,7 +6,7 @@ import os
 from ..estimators import load
 from ..errors import UsageError
 from ..train import CheckpointError
-from .runs import checkpoint_path, get_data
+from .runs import checkpoint_path, get_data, resolve_source
 
 
 def main(args) -> dict:
@@ -26,10 +26,15 @@ def main(args) -> dict:
     if args.model is not None and args.model != est.kind:
         raise UsageError(f"checkpoint {ck!r} holds a {est.kind!r} model but --model is "
                          f"{args.model!r}; drop --model or pass --model {est.kind}")
+    resolve_source(args, est.run_record)              # the checkpoint's data unless --data is given
     ds = get_data(args, est.options.likelihood)
     if est.n_features_in_ != ds.D:
-        raise CheckpointError(f"the checkpoint was trained on data with {est.n_features_in_} "
-                              f"features but {args.data!r} has {ds.D}; use the same data set")
+        raise CheckpointError(f"the checkpoint was trained on {est.n_features_in_} features but "
+                              f"{args.data!r} has {ds.D}; use the same data set")
     if getattr(args, "iwae_k", None):
+        if "iwae_k" not in est.get_params():
+            raise UsageError(f"--iwae-k applies to models scored by importance sampling, not to "
+                             f"a {est.kind}; drop it")
         est.set_params(iwae_k=args.iwae_k)
-    return {"model": est.kind, "checkpoint": ck, **est.evaluate(ds.x_test, ds.y_test)}
+    return {"model": est.kind, "checkpoint": ck, "data": args.data,
+            **est.evaluate(ds.x_test, ds.y_test)}

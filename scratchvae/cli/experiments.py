@@ -29,8 +29,7 @@ def main_seeds(args) -> dict:
     _refuse_foreign(args.model, e, explicit)
     first = e.make(chosen_options(args, explicit))
     ds = get_data(args, first.options.likelihood)
-    if e.check:
-        e.check(explicit, first, ds)
+    first.check(ds.x_train)
     out = args.out or default_out(f"{args.model}-seeds")
     with run_folder(out, args):
         return _seeds(args, e, ds, out)
@@ -40,7 +39,7 @@ def _seeds(args, e, ds, out) -> dict:
     runs = []
     for seed in range(_n_seeds(args)):
         est = e.make({**chosen_options(args), "random_state": seed}, verbose=not args.quiet)
-        res = run_model(args.model, est, ds, os.path.join(out, f"seed{seed}"), args.data)
+        res = run_model(args.model, est, ds, os.path.join(out, f"seed{seed}"), args)
         runs.append({"seed": seed, **res})
         if not args.quiet:
             print(json.dumps({"seed": seed, **{k: round(v, 4) for k, v in res.items()
@@ -59,8 +58,13 @@ def _seeds(args, e, ds, out) -> dict:
 
 
 def main_compare(args) -> dict:
-    first = entry("vae").make(chosen_options(args))
+    explicit = explicit_options(args)
+    _refuse_foreign("vae", entry("vae"), explicit)
+    if "posterior" in explicit:
+        raise UsageError("compare sets the posterior itself (diag vs cholesky); drop --posterior")
+    first = entry("vae").make(chosen_options(args, explicit))
     ds = get_data(args, first.options.likelihood)
+    first.check(ds.x_train)
     out = args.out or default_out("compare")
     with run_folder(out, args):
         return _compare(args, ds, out)
@@ -74,7 +78,7 @@ def _compare(args, ds, out) -> dict:
     for seed in range(_n_seeds(args)):
         for name in ("vae", "fullcov"):
             est = entry(name).make({**chosen_options(args), "random_state": seed})
-            res = run_model(name, est, ds, os.path.join(out, f"{name}-seed{seed}"), args.data)
+            res = run_model(name, est, ds, os.path.join(out, f"{name}-seed{seed}"), args)
             per[name].append(res["iwae_ll"])
             rows.append({"model": name, "seed": seed, "iwae_ll": res["iwae_ll"],
                          "elbo": res["elbo"], "kl": res["kl"], "recon": res["recon"]})
@@ -83,12 +87,11 @@ def _compare(args, ds, out) -> dict:
                       file=sys.stderr)
     summary = {name: M.mean_std(v) for name, v in per.items()}
     summary["fullcov_minus_vae"] = M.mean_std(np.asarray(per["fullcov"]) - np.asarray(per["vae"]))
-    a = entry("vae").make({**chosen_options(args), "random_state": 0}, verbose=False)
-    args0 = type(args)(**{**vars(args), "seed": 0, "quiet": True})
-    ell = ellipse_figures(args0, ds, out)
+    ell = ellipse_figures(type(args)(**{**vars(args), "seed": 0, "quiet": True}), ds, out)
     record = {"rows": rows, "summary": summary, "latent_2d": ell, "data": args.data,
-              "epochs": a.options.epochs, "latent_dim": a.options.latent_dim,
-              "hidden": list(a.options.hidden), "versions": versions(), **est.backend_.describe()}
+              "epochs": est.options.epochs, "latent_dim": est.options.latent_dim,
+              "hidden": list(est.options.hidden), "versions": versions(),
+              **est.backend_.describe()}
     write_json(os.path.join(out, "compare.json"), record)
     return {"out": out, "vae_iwae_ll": summary["vae"], "fullcov_iwae_ll": summary["fullcov"],
             "fullcov_minus_vae": summary["fullcov_minus_vae"]}

@@ -21,13 +21,17 @@ COMMANDS = {
     "seeds": "train --model with seeds 0..--seeds-1; mean +- std of every metric",
 }
 # --quick: tiny budgets for every stage (seconds; smoke tests)
-QUICK = {"epochs": 2, "pretrain_epochs": 2, "iwae_k": 10, "gmm_restarts": 2, "anchor_epochs": 2}
+QUICK = {"epochs": 2, "pretrain_epochs": 2, "iwae_k": 10, "anchor_epochs": 2}
 NOT_FLAGS = {"random_state"}          # spelled --seed, handled with the common options
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad option value is one line (what is wrong, and where to look), not the
-    whole usage block."""
+    whole usage block.  No abbreviations: ``--seed`` must never be read as ``--seeds``."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*a, **kw)
 
     def error(self, message):
         top = "python run.py" if self.prog.startswith("run.py") else "scratchvae"
@@ -91,51 +95,69 @@ def _default_text(per_model: dict) -> str:
     return f"(default {common}{'; ' + '; '.join(rest) if rest else ''}{models})"
 
 
-def add_model_options(p):
+# the estimator options each command uses (None: all of them)
+COMMAND_OPTIONS = {
+    "eval": ("iwae_k", "backend", "dtype"),
+    "gradcheck": ("backend", "dtype"),
+    "bench": ("latent_dim", "clusters", "posterior", "codebook_size", "codebook_update", "beta",
+              "backend", "dtype"),
+}
+
+
+def add_model_options(p, only=None):
     g = p.add_argument_group("model and training options (flags left out take each model's "
                              "default)")
     for name, (f, per_model) in option_table().items():
+        if only is not None and name not in only:
+            continue
         flag = f.metadata.get("flag") or "--" + name.replace("_", "-")
         kind = type(f.default)
         kw = {"dest": name, "default": None,
               "help": f"{f.metadata['help']} {_default_text(per_model)}".replace("%", "%%")}
-        if kind is not bool:
-            kw["metavar"] = flag.lstrip("-").replace("-", "_").upper()
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif kind is tuple:
-            kw["type"] = _hidden
+            kw["type"], kw["metavar"] = _hidden, "SIZES"
         elif f.metadata.get("choices"):
-            kw["choices"] = f.metadata["choices"]
+            kw["choices"] = f.metadata["choices"]           # shown in place of a metavar
         elif kind in (int, float):
             kw["type"] = _number(kind, f.metadata.get("check"))
+            kw["metavar"] = "N" if kind is int else "X"
         g.add_argument(flag, **kw)
 
 
 def add_data_options(p):
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="digits",
-                   help="digits (bundled, default), mnist, fashion-mnist, or a .npy/.npz path")
-    g.add_argument("--data-dir", default="data", help="folder with the IDX files (default: data)")
+    g.add_argument("--data", default=None,
+                   help="digits (bundled, default; with --resume or eval: the checkpoint's data), "
+                        "mnist, fashion-mnist, or a .npy/.npz path (arrays under x/X/data and, "
+                        "optionally, y/Y/labels)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder with the IDX files (default: data, or the checkpoint's)")
     g.add_argument("--download", action="store_true",
                    help="download missing MNIST / Fashion-MNIST files (SHA-256 checked)")
     g.add_argument("--limit", type=_number(int, "positive"), default=None,
                    help="use only the first N training and the first N test examples")
 
 
-def add_run_options(p, *, seeds=False):
+def add_run_options(p, *, seeds=False, seed=True, out=True):
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=_number(int, "nonneg"), default=None,
-                   help="seed of every random draw (default 0)")
-    g.add_argument("--out", default=None, help="run folder (default runs/<model>-<timestamp>)")
-    g.add_argument("--force", action="store_true",
-                   help="allow --out to name a folder that already holds a run (it is overwritten)")
+    if seed:
+        g.add_argument("--seed", type=_number(int, "nonneg"), default=None,
+                       help="seed of every random draw (default 0)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    g.add_argument("--quick", action="store_true",
-                   help="tiny budgets for every stage (seconds; for smoke tests)")
     g.add_argument("--config", metavar="FILE",
                    help="replay a run: the config block of its metrics.json or seeds.json "
-                        "supplies every option left out here")
+                        "supplies every option left out here (not --out, --force, --resume)")
+    if not out:
+        return
+    g.add_argument("--out", default=None,
+                   help="run folder (default runs/<model>-<timestamp>; the tour: "
+                        "runs/<timestamp>; --resume: the checkpoint's folder)")
+    g.add_argument("--force", action="store_true",
+                   help="allow --out to name a folder that already holds a run (it is overwritten)")
+    g.add_argument("--quick", action="store_true",
+                   help="tiny budgets for every stage (seconds; for smoke tests)")
     if seeds:
         g.add_argument("--seeds", type=_number(int, "positive"), default=None,
                        help="number of seeds (default 3; --quick: 2)")
@@ -176,10 +198,14 @@ def build_parser():
                            help="tour: also copy the figures the derivations embed into this "
                                 "folder (--figures-to derivations/figures regenerates them)")
         if cmd == "bench":
-            s.add_argument("--bench-steps", type=_number(int, "positive"), default=20)
-            s.add_argument("--bench-batch", type=_number(int, "positive"), default=256)
-        add_run_options(s, seeds=cmd in ("compare", "seeds"))
-        add_model_options(s)
+            s.add_argument("--bench-steps", type=_number(int, "positive"), default=20,
+                           metavar="N", help="timed training steps (default 20)")
+            s.add_argument("--bench-batch", type=_number(int, "positive"), default=256,
+                           metavar="N", help="batch size of the timed steps (default 256)")
+        add_run_options(s, seeds=cmd in ("compare", "seeds"),
+                        seed=cmd not in ("compare", "seeds", "eval"),
+                        out=cmd in ("train", "compare", "seeds"))
+        add_model_options(s, COMMAND_OPTIONS.get(cmd))
     return p
 
 
@@ -196,12 +222,29 @@ def parse(argv=None):
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv = [block.get("command") if block.get("command") in COMMANDS else "train"] + argv
     p = build_parser()
-    if block:
+    if block and argv[0] in COMMANDS:
         sub = p._subparsers._group_actions[0].choices[argv[0]]
-        dests = {a.dest for a in sub._actions}
-        sub.set_defaults(**{k: (tuple(v) if isinstance(v, list) else v)
-                            for k, v in block.items() if k in dests and k not in REPLAY_SKIPS})
+        actions = {a.dest: a for a in sub._actions}
+        replay = {}
+        for k, v in block.items():
+            if k in actions and k not in REPLAY_SKIPS and v is not None:
+                replay[k] = _replayed(sub, actions[k], v)
+        sub.set_defaults(**replay)
     return p.parse_args(argv)
+
+
+def _replayed(sub, action, v):
+    """A value from --config, checked as if it had been typed."""
+    flag = action.option_strings[0] if action.option_strings else action.dest
+    if action.type is not None and not isinstance(v, bool):
+        text = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+        try:
+            v = action.type(text)
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            sub.error(f"--config: {flag}: {exc}")
+    if action.choices is not None and v not in action.choices:
+        sub.error(f"--config: {flag}: {v!r} is not one of {', '.join(map(str, action.choices))}")
+    return v
 
 
 def _config_block(argv) -> dict:
@@ -239,4 +282,7 @@ def explicit_options(args) -> dict:
 def chosen_options(args, explicit=None) -> dict:
     """What the estimators get: the user's options over the --quick budgets (if --quick)."""
     explicit = explicit_options(args) if explicit is None else explicit
-    return {**(QUICK if getattr(args, "quick", False) else {}), **explicit}
+    quick = dict(QUICK) if getattr(args, "quick", False) else {}
+    if explicit.get("init") == "gmm":
+        quick.pop("anchor_epochs", None)         # the warm-up belongs to init graph
+    return {**quick, **explicit}

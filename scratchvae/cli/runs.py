@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from ..data import load_dataset, validate
+from ..data import DATASETS, load_dataset, validate
 from ..errors import UsageError
 from ..train import atomic_write
 
@@ -87,9 +87,27 @@ class run_folder:
         return False
 
 
+def resolve_source(args, meta=None):
+    """Fill --data, --data-dir and --limit left out: from a checkpoint's record (``meta``) when
+    resuming or evaluating, else the defaults (the bundled digits)."""
+    meta = meta or {}
+    args.data = args.data or meta.get("data") or "digits"
+    args.data_dir = args.data_dir or meta.get("data_dir") or "data"
+    if getattr(args, "limit", None) is None:
+        args.limit = meta.get("limit")
+    return args
+
+
+def source_record(args) -> dict:
+    """What a checkpoint remembers of its data, so --resume and eval find it again."""
+    return {"data": args.data, "data_dir": args.data_dir, "limit": args.limit}
+
+
 def get_data(args, likelihood):
     """Load and validate the data set named by ``--data`` (a name or a .npy/.npz path)."""
-    if args.data in ("digits", "mnist", "fashion-mnist"):
+    resolve_source(args)
+    if args.data.lower() in DATASETS:
+        args.data = args.data.lower()
         ds = load_dataset(args.data, data_dir=args.data_dir, download=args.download,
                           limit=args.limit)
     else:

@@ -12,9 +12,9 @@ import numpy as np
 
 from ..backend import Backend
 from ..train import atomic_write
-from .options import chosen_options, explicit_options
+from .options import chosen_options
 from .registry import entry
-from .runs import config_record, get_data, run_folder, versions, write_json
+from .runs import config_record, get_data, resolve_source, run_folder, versions, write_json
 from .train import run_model
 
 STAGES = ("kl", "vae", "fullcov", "gmvae", "vqvae")      # in this order
@@ -22,18 +22,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _stage_estimator(name, args, **override):
-    e = entry(name)
-    return e.make({**chosen_options(args), **override}, verbose=not args.quiet)
+    return entry(name).make({**chosen_options(args), **override}, strict=False,
+                            verbose=not args.quiet)
 
 
 def main(args) -> dict:
-    explicit = explicit_options(args)
+    resolve_source(args)
     stages = {s: _stage_estimator(s, args) for s in STAGES if s != "kl"}
     likelihood = stages["vae"].options.likelihood
     ds = get_data(args, likelihood)
-    for s, est in stages.items():
-        if entry(s).check:
-            entry(s).check(explicit, est, ds)
+    for est in stages.values():
+        est.check(ds.x_train)                    # every stage's refusals before any output
     out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     with run_folder(out, args):
         return _tour(args, stages, ds, out)
@@ -60,7 +59,7 @@ def _tour(args, stages, ds, out) -> dict:
             kb = Backend(backend, "float64", seed=seed)
             res = KL.run_experiment(kb, sub, seed=seed, quick=args.quick)
         else:
-            res = run_model(stage, stages[stage], ds, sub, args.data)
+            res = run_model(stage, stages[stage], ds, sub, args)
             if stage == "fullcov":
                 res["ellipses"] = ellipse_figures(args, ds, sub)
         seconds[stage] = time.perf_counter() - t0
@@ -72,7 +71,8 @@ def _tour(args, stages, ds, out) -> dict:
     if bar is not None:
         bar.close()
     est = stages["vae"]
-    header = {"command": " ".join(["python run.py", *sys.argv[1:]]), "data": args.data,
+    prog = "scratchvae" if os.path.basename(sys.argv[0]) == "scratchvae" else "python run.py"
+    header = {"command": " ".join([prog, *sys.argv[1:]]), "data": args.data,
               "seed": seed, **est.backend_.describe(), "versions": versions(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": seconds,
               "n_train": int(ds.x_train.shape[0]), "n_test": int(ds.x_test.shape[0])}
@@ -123,7 +123,7 @@ def ellipse_figures(args, ds, out, n_show=12) -> dict:
     for name in ("vae", "fullcov"):
         est = _stage_estimator(name, args, latent_dim=2)
         est.set_params(verbose=False)
-        res = run_model(name, est, ds, os.path.join(out, f"{name}-2d"), args.data)
+        res = run_model(name, est, ds, os.path.join(out, f"{name}-2d"), args)
         b, model, params = est.backend_, est.model_, est.params_
         X = b.asarray(ds.x_test[:n_show])
         post, h = model.encode(params, X)

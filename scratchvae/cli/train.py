@@ -5,63 +5,57 @@ options given on the command line, such as ``--epochs``, apply).  :func:`run_mod
 what the tour, ``seeds`` and ``compare`` call."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from ..estimators import load
 from ..errors import UsageError
-from ..options import TrainOptions
 from ..train import CheckpointError
 from .options import chosen_options, explicit_options
 from .registry import entry
-from .runs import (checkpoint_path, config_record, default_out, get_data, run_folder, versions,
-                   write_json)
+from .runs import (checkpoint_path, config_record, default_out, get_data, resolve_source,
+                   run_folder, source_record, versions, write_json)
 
-# options that may change when a run is resumed; the model's own options may not
-RESUMABLE = {f.name for f in dataclasses.fields(TrainOptions)} | {"backend", "verbose"}
-
-
-def run_model(name, est, ds, out, data_name) -> dict:
+def run_model(name, est, ds, out, args) -> dict:
     """Fit ``est`` (or continue it, if ``warm_start``) on ``ds``, writing the checkpoint into
     ``out``; evaluate on the held-out split and draw the model's figures.  -> metrics."""
     e = entry(name)
     est.fit(ds.x_train, ds.y_train, checkpoint=os.path.join(out, "checkpoint.npz"),
-            meta={"data": data_name})
-    info = {k: v for k, v in est.fit_info_.items() if k not in ("pretrain_seconds",)}
+            meta=source_record(args))
+    info = {k: v for k, v in est.fit_info_.items() if k not in ("recipe_seconds",)}
     res = {"model": est.kind, **est.evaluate(ds.x_test), "train_seconds": est.fit_seconds_,
            "steps": est.step_, "epochs": est.options.epochs, "n_train": int(ds.x_train.shape[0]),
            "n_test": int(ds.x_test.shape[0]), **info}
-    res.update(e.figures(est, ds, out, data_name))
+    res.update(e.figures(est, ds, out, args.data))
     return res
 
 
 def _resumed(args):
-    """The checkpoint's estimator, with the training options given on the command line."""
+    """The checkpoint's estimator, with the training options given on the command line (the
+    estimator refuses any other change: a resumed run continues the same model)."""
     ck = checkpoint_path(args.resume)
     est = load(ck, **({"backend": args.backend} if args.backend else {}))
     if args.model is not None and args.model != est.kind:
         raise UsageError(f"checkpoint {ck!r} holds a {est.kind!r} model but --model is "
                          f"{args.model!r}; pass --model {est.kind}")
+    if args.quick:
+        raise UsageError("--quick sets the budgets of a new run; to resume, give --epochs (the "
+                         "total) instead")
     given = explicit_options(args)
-    stored = est.get_params()
-    for k, v in given.items():
-        if k not in RESUMABLE and k in stored and stored[k] != v:
-            flag = "--seed" if k == "random_state" else "--" + k.replace("_", "-")
-            raise UsageError(f"{flag} {v} contradicts the checkpoint ({k}={stored[k]!r}); drop "
-                             f"it to resume, or start a new run")
-    est.set_params(**{k: v for k, v in given.items() if k in RESUMABLE and k in stored},
-                   warm_start=True, verbose=not args.quiet)
+    _refuse_foreign(est.kind, entry(est.kind), given)
+    given.pop("backend", None)                   # applied when loading
+    est.set_params(**given, warm_start=True, verbose=not args.quiet)
+    resolve_source(args, est.run_record)
     return est, ck
 
 
 def main(args) -> dict:
     if args.resume:
         est, ck = _resumed(args)
-        name = est.kind
+        name = args.model = est.kind
         ds = get_data(args, est.options.likelihood)
         if est.n_features_in_ != ds.D:
-            raise CheckpointError(f"the checkpoint was trained on data with {est.n_features_in_} "
-                                  f"features but {args.data!r} has {ds.D}; use the same data set")
+            raise CheckpointError(f"the checkpoint was trained on {est.n_features_in_} features "
+                                  f"but {args.data!r} has {ds.D}; use the same data set")
         resume_dir = os.path.dirname(os.path.abspath(ck))
     else:
         name = args.model
@@ -70,13 +64,12 @@ def main(args) -> dict:
         _refuse_foreign(name, e, explicit)
         est = e.make(chosen_options(args, explicit), verbose=not args.quiet)
         ds = get_data(args, est.options.likelihood)
-        if e.check:
-            e.check(explicit, est, ds)
+        est.check(ds.x_train)                    # everything fit would refuse, before any output
         resume_dir = None
     out = args.out or resume_dir or default_out(name)
     resuming = resume_dir is not None and os.path.abspath(out) == resume_dir
     with run_folder(out, args, resuming=resuming):
-        res = run_model(name, est, ds, out, args.data)
+        res = run_model(name, est, ds, out, args)
     record = {**res, "config": config_record(args), "options": est.get_params(),
               "versions": versions(), **est.backend_.describe(), "data": args.data,
               "seed": est.options.random_state}

@@ -13,49 +13,55 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from sklearn.base import ClusterMixin
 
 from ..errors import UsageError
 from ..models.gmvae import GMVAE as GMVAEModel, GMVAEConfig
-from ..options import make_options
+from ..options import ScoreOptions, spell
 from ..recipe import ClusteringRecipe, epoch_hook, initialise
 from .vae import VAE
 
-_TRAIN_DEFAULTS = {"epochs": 60, "lr": 2e-3, "lr_decay": 0.9}
-GMVAEOptions = make_options(
-    "GMVAEOptions", GMVAEConfig, ClusteringRecipe, defaults=_TRAIN_DEFAULTS,
-    doc="Options of :class:`GMVAE`: the network and mixture (clusters, var_min, gamma, ...), "
-        "training, the clustering recipe (:class:`scratchvae.recipe.ClusteringRecipe`) and "
-        "runtime.")
 
-
-class GMVAE(VAE):
+class GMVAE(ClusterMixin, VAE):
     """Gaussian-mixture VAE (VaDE) with the project's clustering recipe; scikit-learn's
-    clustering interface (``fit``, ``predict``, ``predict_proba``, ``fit_predict``)."""
+    clustering interface (``fit``, ``predict``, ``predict_proba``, ``fit_predict``,
+    ``labels_``).  Options: :class:`GMVAEOptions`."""
 
-    Options = GMVAEOptions
     model_class, config_class = GMVAEModel, GMVAEConfig
     kinds = ("gmvae",)
-    option_groups = (ClusteringRecipe,)
-    train_defaults = _TRAIN_DEFAULTS
-
-    @property
-    def kind(self) -> str:
-        return self.kinds[0]
+    option_groups = (ScoreOptions, ClusteringRecipe)
+    train_defaults = {"epochs": 60, "lr": 2e-3, "lr_decay": 0.9}
 
     def recipe(self) -> ClusteringRecipe:
         return ClusteringRecipe(**{f.name: getattr(self.options, f.name)
                                    for f in dataclasses.fields(ClusteringRecipe)})
 
     def _check_data(self, Xh):
-        if self.options.clusters > Xh.shape[0]:
-            raise UsageError(f"clusters={self.options.clusters} exceeds the {Xh.shape[0]} "
-                             "training rows; use fewer clusters or more data")
+        """The recipe's options against each other and against the data.  An option counts as
+        chosen when it differs from its default."""
+        o, n, d = self.options, Xh.shape[0], self.Options()
+        meta = {f.name: f.metadata for f in dataclasses.fields(o)}
+        chosen = {k for k in ("anchor_epochs", "graph_k", "gmm_restarts")
+                  if getattr(o, k) != getattr(d, k)}
+        if o.clusters > n:
+            raise UsageError(f"clusters={o.clusters} (--clusters) exceeds the {n} training "
+                             "rows; use fewer clusters or more data")
+        for k in ("anchor_epochs", "graph_k"):
+            if o.init == "gmm" and k in chosen:
+                raise UsageError(f"{spell(k, meta[k])} applies to init graph (the neighbour-graph "
+                                 "partition and its warm-up); drop it or use init graph")
+        if o.init == "graph" and "gmm_restarts" in chosen:
+            raise UsageError(f"{spell('gmm_restarts', meta['gmm_restarts'])} applies to init "
+                             "gmm; drop it or use init gmm")
+        if o.init == "graph" and "graph_k" in chosen and o.graph_k >= n:   # the default is clipped
+            raise UsageError(f"graph_k={o.graph_k} (--graph-k) needs more than {o.graph_k} "
+                             f"training rows ({n} here); use a smaller graph_k")
 
     def _initialise(self, Xd, y):
         o = self.options
-        self._on_epoch, self.tracking_ = epoch_hook(self.model_, Xd, y, o.collapse_pi_min)
-        rep = initialise(self.model_, self.params_, Xd, self.recipe(), seed=o.random_state,
-                         batch_size=o.batch_size, lr=o.lr, progress=o.verbose,
+        self._new_hook(Xd, y)
+        rep = initialise(self.model_, self.params_, Xd, self.recipe(), seed=int(o.random_state),
+                         batch_size=int(o.batch_size), lr=float(o.lr), progress=o.verbose,
                          score=self.tracking_["score"])
         part = rep.pop("partition", None)
         if part is not None:
@@ -66,11 +72,19 @@ class GMVAE(VAE):
                 rep["partition_acc"] = cluster_acc(y, part)
         self.fit_info_ = rep
 
+    def _new_hook(self, Xd, y):
+        carried = self.__dict__.get("tracking_", {}).get("reseeded", 0)
+        self._on_epoch, self.tracking_ = epoch_hook(self.model_, Xd, y, self.options.collapse_pi_min)
+        self.tracking_["reseeded"] = carried
+
     def _epoch_hook(self, Xd, y):
-        if "tracking_" not in self.__dict__:          # warm start: a fresh guard
-            self._on_epoch, self.tracking_ = epoch_hook(self.model_, Xd, y,
-                                                        self.options.collapse_pi_min)
+        if "_on_epoch" not in self.__dict__ or self.step_ > 0:   # a warm start: this X and y
+            self._new_hook(Xd, y)
         return self._on_epoch
+
+    def _after_fit(self, Xd):
+        self.labels_ = self.model_.predict(self.params_, Xd)
+        self.__dict__.pop("_on_epoch", None)          # no reference to the data is kept
 
     def _meta_extra(self) -> dict:
         return {"fit_info": {k: v for k, v in self.fit_info_.items()
@@ -85,9 +99,6 @@ class GMVAE(VAE):
         """Cluster of each row: argmax_c q(c|x), (n_samples,) int64."""
         Xd = self._rows(X)
         return self.model_.predict(self.params_, Xd)
-
-    def fit_predict(self, X, y=None, **fit_kw):
-        return self.fit(X, y, **fit_kw).predict(X)
 
     @property
     def weights_(self) -> np.ndarray:
@@ -123,3 +134,9 @@ class GMVAE(VAE):
 
             res.update(clustering_metrics(self._check_y(y, np.shape(X)[0]), self.predict(X)))
         return res
+
+
+GMVAE.Options = GMVAEOptions = GMVAE.options_class("GMVAEOptions")
+GMVAEOptions.__doc__ = ("Options of :class:`GMVAE`: the network and mixture (clusters, var_min, "
+                        "gamma, ...), training, scoring, the clustering recipe "
+                        "(:class:`scratchvae.recipe.ClusteringRecipe`) and runtime.")

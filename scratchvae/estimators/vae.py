@@ -7,33 +7,28 @@
 """
 from __future__ import annotations
 
+from sklearn.base import TransformerMixin
+
 from ..metrics import iwae_metrics
 from ..models.vae import VAE as VAEModel, VAEConfig
-from ..options import make_options
+from ..options import ScoreOptions
 from .base import Estimator
 
-_TRAIN_DEFAULTS = {"epochs": 100, "lr": 1e-3}
-VAEOptions = make_options(
-    "VAEOptions", VAEConfig, defaults=_TRAIN_DEFAULTS,
-    doc="Options of :class:`VAE`: the network (latent_dim, hidden, act, likelihood, posterior, "
-        "n_samples, cholesky_diag), training (epochs, batch_size, lr, lr_decay, decay_every, "
-        "checkpoint_every, iwae_k) and runtime (backend, dtype, random_state, verbose, "
-        "warm_start).")
 
-
-class VAE(Estimator):
+class VAE(TransformerMixin, Estimator):
     """Variational autoencoder with a standard-normal prior (the assignment's §2): a mean-field
-    posterior by default, the full-covariance Cholesky head with ``posterior="cholesky"``."""
+    posterior by default, the full-covariance Cholesky head with ``posterior="cholesky"``.
+    Options: :class:`VAEOptions` (the network, training, scoring and runtime)."""
 
-    Options = VAEOptions
     model_class, config_class = VAEModel, VAEConfig
     kinds = ("vae", "fullcov")
-    train_defaults = _TRAIN_DEFAULTS
+    option_groups = (ScoreOptions,)
+    train_defaults = {"epochs": 100, "lr": 1e-3}
 
     @property
     def kind(self) -> str:
         """"fullcov" for the Cholesky head (the assignment's §2 model), else "vae"."""
-        if self.options.posterior == "cholesky" and "fullcov" in self.kinds:
+        if self.fitted_options.posterior == "cholesky" and "fullcov" in self.kinds:
             return "fullcov"
         return self.kinds[0]
 
@@ -52,7 +47,7 @@ class VAE(Estimator):
         """Held-out metrics in nats per example: ``iwae_ll`` (importance-weighted bound with
         ``k`` samples, default ``iwae_k``), ``elbo``, ``recon``, ``kl``, ``recon_mse``."""
         Xd = self._rows(X)
-        return iwae_metrics(self.model_, self.params_, Xd, k=k or self.options.iwae_k)
+        return iwae_metrics(self.model_, self.params_, Xd, k=int(k or self.options.iwae_k))
 
     def score(self, X, y=None) -> float:
         """Mean importance-weighted log-likelihood bound per example (higher is better)."""
@@ -64,3 +59,10 @@ class VAE(Estimator):
         self._require_fitted()
         z = self.backend_.rng("sample", random_state).normal((int(n_samples), self.model_.J))
         return self.backend_.to_numpy(self.model_.decode_mean(self.params_, z))
+
+
+VAE.Options = VAEOptions = VAE.options_class("VAEOptions")
+VAEOptions.__doc__ = ("Options of :class:`VAE`: the network (latent_dim, hidden, act, likelihood, "
+                      "posterior, n_samples, cholesky_diag), training (epochs, batch_size, lr, "
+                      "lr_decay, decay_every, checkpoint_every), scoring (iwae_k) and runtime "
+                      "(backend, dtype, random_state, verbose, warm_start).")

@@ -7,29 +7,26 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import TransformerMixin
 
+from ..errors import UsageError
 from ..models.vqvae import VQVAE as VQVAEModel, VQVAEConfig
-from ..options import make_options
 from .base import Estimator
 
-_TRAIN_DEFAULTS = {"epochs": 60, "lr": 1e-3}
-VQVAEOptions = make_options(
-    "VQVAEOptions", VQVAEConfig, defaults=_TRAIN_DEFAULTS,
-    doc="Options of :class:`VQVAE`: the network and quantiser (latent_dim, codes_per_input, "
-        "codebook_size, beta, codebook_update, EMA and dead-code settings), training and "
-        "runtime.")
 
-
-class VQVAE(Estimator):
+class VQVAE(TransformerMixin, Estimator):
     """Vector-quantised autoencoder: M codes per input from a codebook of K, learned by
     exponential moving averages (default) or by the codebook loss, straight-through encoder
-    gradients, dead-code restarts."""
+    gradients, dead-code restarts.  Options: :class:`VQVAEOptions`."""
 
-    Options = VQVAEOptions
     model_class, config_class = VQVAEModel, VQVAEConfig
     kinds = ("vqvae",)
-    train_defaults = _TRAIN_DEFAULTS
+    train_defaults = {"epochs": 60, "lr": 1e-3}
 
+    def _check_data(self, Xh):
+        if self.options.codebook_size > 1_000_000:
+            raise UsageError(f"codebook_size={self.options.codebook_size} (--codebook-size): "
+                             "above 1e6 codes is not supported")
     def transform(self, X):
         """Code indices k, (n_samples, codes_per_input) int64."""
         Xd = self._rows(X)
@@ -57,3 +54,9 @@ class VQVAE(Estimator):
         k = np.random.default_rng(random_state).integers(0, m.K, size=(int(n_samples), m.M))
         z = m.codes_to_z(self.params_, b.asindex(k))
         return b.to_numpy(m.decode_mean(self.params_, z))
+
+
+VQVAE.Options = VQVAEOptions = VQVAE.options_class("VQVAEOptions")
+VQVAEOptions.__doc__ = ("Options of :class:`VQVAE`: the network and quantiser (latent_dim, "
+                        "codes_per_input, codebook_size, beta, codebook_update, EMA and dead-code "
+                        "settings), training and runtime.")
