@@ -17,7 +17,8 @@ looks at labels:
    gmvae.py :class:`AnchoredGMVAE`), then the seed's q(c|x) = p(c|z);
 6. learning-rate decay (``TrainConfig.lr_decay``);
 7. a guard against component collapse: after an epoch, a component whose weight fell below
-   ``pi_min / K`` is re-seeded by splitting the heaviest component (:func:`collapse_guard`).
+   ``pi_min / K``, or that wins no training row under argmax q(c|x), is re-seeded by splitting
+   the heaviest component (:func:`collapse_guard`).
 
 They run between epochs, on the host (NumPy / scikit-learn), and write device arrays back through
 the backend.  [03-gmvae.md#the-clustering-recipe]
@@ -181,23 +182,31 @@ def init_logvar_head(model, params, Z: np.ndarray, ratio: float = 0.01):
     params[f"encoder.{last}.b"] = b.asarray(bh)
 
 
-def collapse_guard(model, params, pi_min: float = 0.1, opt=None) -> int:
-    """Re-seed every component whose weight fell below ``pi_min / K`` by splitting the heaviest
-    component along its widest axis (means moved by +-1/2 std, weight shared).  Label-free.
-    With ``opt`` (Adam), the moments of the prior parameters are reset so the re-seeded
-    components do not inherit the dead one's momentum.  Returns the number re-seeded."""
+def collapse_guard(model, params, pi_min: float = 0.1, opt=None, counts=None) -> int:
+    """Re-seed every dead component by splitting the heaviest one along its widest axis (means
+    moved by +-1/2 std, weight shared).  Dead: a weight below ``pi_min / K``, or -- given
+    ``counts``, the number of rows each component wins under argmax q(c|x) -- winning no row (a
+    component can keep a fair weight while every point prefers another: it is as dead to a user
+    as one with no weight).  The heaviest is the one winning most rows (``counts``) or else the
+    largest weight.  Label-free.  With ``opt`` (Adam), the moments of the prior parameters are
+    reset so the re-seeded components do not inherit the dead one's momentum.  Returns the
+    number re-seeded."""
     b = model.b
     K = model.prior.K
     pi = np.exp(b.to_numpy(model.prior.log_pi(b, params)))
-    small = np.flatnonzero(pi < pi_min / K)
-    if small.size == 0 or K < 2:
+    dead = pi < pi_min / K
+    if counts is not None:
+        counts = np.asarray(counts, dtype=np.float64).copy()
+        dead |= counts == 0
+    small = np.flatnonzero(dead)
+    if small.size == 0 or K < 2 or small.size == K:
         return 0
     logits = np.log(pi)
     mu = b.to_numpy(params["prior.mu_c"]).copy()
     raw = b.to_numpy(params["prior.logvar_c"]).copy()
     lv = b.to_numpy(model.prior.logvar_c(b, params))
     for c in small:
-        big = int(np.argmax(np.exp(logits)))
+        big = int(np.argmax(counts if counts is not None else np.exp(logits)))
         j = int(np.argmax(lv[big]))
         step = 0.5 * math.exp(0.5 * lv[big, j])
         mu[c] = mu[big]
@@ -205,6 +214,8 @@ def collapse_guard(model, params, pi_min: float = 0.1, opt=None) -> int:
         mu[big, j] -= step
         raw[c] = raw[big]
         logits[c] = logits[big] = logits[big] - math.log(2.0)
+        if counts is not None:
+            counts[c] = counts[big] = counts[big] / 2.0
     params["prior.pi_logits"] = b.asarray(logits)
     params["prior.mu_c"] = b.asarray(mu)
     params["prior.logvar_c"] = b.asarray(raw)

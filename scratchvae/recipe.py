@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from .options import option
 from .train import TrainConfig, fit
 
@@ -43,7 +45,8 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
     "graph") run the anchored warm-up; ``params`` is updated in place.  Only ``X`` (device,
     (N, D)) is seen.  ``score(epoch, params)``, if given, is called after each warm-up epoch with
     epochs -A+1 .. 0 (for a figure).  Returns a report; its ``"partition"`` entry holds the
-    graph partition's labels (host)."""
+    graph partition's labels, ``"codes"`` the pretrained latent means (host arrays), and
+    ``"optimizer"`` the warm-up's Adam state."""
     from .cluster import (graph_partition, init_logvar_head, init_mixture_from_codes,
                           init_mixture_from_partition)
     from .models.gmvae import PretrainAE
@@ -52,10 +55,12 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
     rep = {"init": r.init}
     if r.pretrain_epochs > 0:
         pcfg = TrainConfig(epochs=r.pretrain_epochs, batch_size=batch_size, lr=r.pretrain_lr)
-        _, _, _, ph = fit(PretrainAE(model, drop=r.pretrain_dropout), params, X, pcfg,
-                          desc="gmvae pretrain", progress=progress, rng_tag="pretrain")
+        _, popt, _, ph = fit(PretrainAE(model, drop=r.pretrain_dropout), params, X, pcfg,
+                             desc="gmvae pretrain", progress=progress, rng_tag="pretrain")
+        rep["optimizer"] = popt      # one optimiser through every phase (see _anchored_warm_up)
         rep["pretrain_recon"] = ph[-1]["loss"]
     Z = model.latent_means(params, X)
+    rep["codes"] = Z                     # the pretrained latent means (host), for baselines
     if r.init == "gmm":
         rep.update(init_mixture_from_codes(model, params, Z, seed=seed, n_init=r.gmm_restarts))
         init_logvar_head(model, params, Z)
@@ -68,15 +73,22 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
         init_logvar_head(model, params, Z)
         rep["partition"] = labels
         if r.anchor_epochs > 0:
-            rep["anchor_loss"] = _anchored_warm_up(model, params, X, labels, r.anchor_epochs,
-                                                   batch_size, lr, progress, score)
+            rep["anchor_loss"], rep["optimizer"] = _anchored_warm_up(
+                model, params, X, labels, r.anchor_epochs, batch_size, lr, progress, score,
+                rep.get("optimizer"))
         rep["anchor_epochs"] = r.anchor_epochs
     rep["recipe_seconds"] = time.perf_counter() - t0
     return rep
 
 
-def _anchored_warm_up(model, params, X, labels, epochs, batch_size, lr, progress, score):
-    """``epochs`` epochs of the ELBO with q(c|x) = one-hot(labels); returns the last loss."""
+def _anchored_warm_up(model, params, X, labels, epochs, batch_size, lr, progress, score,
+                      opt=None):
+    """``epochs`` epochs of the ELBO with q(c|x) = one-hot(labels); returns the last loss and
+    the optimiser.  The optimiser is the pretraining's, carried on, and the ELBO stage carries
+    it on again: a fresh Adam's first steps move every weight by about the learning rate
+    whatever its gradient (m/sqrt(v) = +-1 at step 1), which broke a perfect partition of four
+    blobs within one epoch (ACC 1.0 -> 0.5, tests/test_gmvae.py
+    test_gmvae_keeps_a_perfect_partition)."""
     from .models.gmvae import AnchoredGMVAE
 
     anch = AnchoredGMVAE(model)
@@ -84,33 +96,43 @@ def _anchored_warm_up(model, params, X, labels, epochs, batch_size, lr, progress
     acfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
     on_anchor = (None if score is None else
                  (lambda rec, p, o: score(rec["epoch"] - epochs, p)))   # epochs -A+1 .. 0
-    _, _, _, ah = fit(anch, params, anch.pack(X, Q), acfg, desc="gmvae anchored warm-up",
-                      progress=progress, rng_tag="anchor", on_epoch=on_anchor)
-    return ah[-1]["loss"]
+    _, opt, _, ah = fit(anch, params, anch.pack(X, Q), acfg, desc="gmvae anchored warm-up",
+                        progress=progress, rng_tag="anchor", on_epoch=on_anchor, opt=opt)
+    return ah[-1]["loss"], opt
 
 
 def epoch_hook(model, X, y, pi_min: float = 0.1):
-    """``(on_epoch, track)``: ``on_epoch`` runs the collapse guard after every epoch and, when
-    labels ``y`` exist, records the training ACC/NMI in ``track`` (and the epoch's history
-    record) -- labels are only ever reported, never used to choose anything.
-    ``track["score"](epoch, params)`` records ACC/NMI alone (the warm-up calls it)."""
+    """``(on_epoch, track)``: after every epoch ``on_epoch`` assigns every row (argmax q(c|x)),
+    runs the collapse guard with those counts, records the agreement of the assignment with the
+    starting partition (``track["partition"]``, when the recipe made one; label-free) and, when
+    labels ``y`` exist, the training ACC/NMI -- labels are only ever reported, never used to
+    choose anything.  ``track["score"](epoch, params)`` records ACC/NMI alone (the warm-up
+    calls it)."""
     from .cluster import collapse_guard
-    from .metrics import clustering_metrics
+    from .metrics import cluster_acc, clustering_metrics
 
-    track = {"epoch": [], "acc": [], "nmi": [], "reseeded": 0}
+    track = {"epoch": [], "acc": [], "nmi": [], "reseeded": 0, "partition": None}
 
-    def score(epoch, params):
+    def score(epoch, params, labels=None):
         if y is None:
             return None
-        cm = clustering_metrics(y, model.predict(params, X))
+        cm = clustering_metrics(y, model.predict(params, X) if labels is None else labels)
         track["epoch"].append(epoch)
         track["acc"].append(cm["acc"])
         track["nmi"].append(cm["nmi"])
         return cm["acc"]
 
     def on_epoch(rec, params, opt):
-        track["reseeded"] += collapse_guard(model, params, pi_min=pi_min, opt=opt)
-        acc = score(rec["epoch"], params)
+        labels = model.predict(params, X)
+        counts = np.bincount(labels, minlength=model.prior.K)
+        n = collapse_guard(model, params, pi_min=pi_min, opt=opt, counts=counts)
+        if n:
+            track["reseeded"] += n
+            rec["reseeded"] = n
+            labels = model.predict(params, X)
+        if track["partition"] is not None:
+            rec["partition_agreement"] = cluster_acc(track["partition"], labels)
+        acc = score(rec["epoch"], params, labels)
         if acc is not None:
             rec["train_acc"] = acc
 

@@ -290,3 +290,17 @@ def test_more_option_mistakes_are_one_sentence(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:                               # not offered there
             main(argv)
         assert e.value.code == 2
+
+
+def test_baselines_command_scores_every_method(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["baselines", "--quick", "--limit", "200", "--seeds", "1", "--hidden", "16",
+                 "--latent-dim", "3", "--quiet", "--out", str(out)]) == 0
+    rec = json.loads((out / "baselines.json").read_text())
+    assert set(rec["summary"]) == {"kmeans", "pca10_gmm", "ae_kmeans", "partition", "gmvae"}
+    for m, r in rec["summary"].items():
+        assert 0 <= r["acc"]["mean"] <= 1 and np.isfinite(r["nmi"]["mean"]), m
+    assert "test_acc" in rec["summary"]["gmvae"]
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((60, 8)))
+    err = _err(capsys, ["baselines", "--data", str(tmp_path / "x.npy"), "--quiet"])
+    assert "has none" in err

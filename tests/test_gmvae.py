@@ -364,3 +364,36 @@ def test_anchored_pack_rejects_wrong_shape(b64):
     z, q, _ = m.head.forward(b64, b64.zeros((2, 4)), b64.zeros((1, 2, 2)))
     with pytest.raises(ValueError, match="q_c must have shape"):
         m.prior.terms(b64, p, z, q, q_c=b64.zeros((2, 5)))
+
+
+def test_collapse_guard_reseeds_components_that_win_no_row(b64):
+    """A component with a fair weight that no row prefers is dead to a user: re-seeded from the
+    component that wins most rows (not the heaviest weight)."""
+    m = model(b64, K=4, J=2)
+    p = m.init_params(b64.rng("i"))
+    p["prior.pi_logits"] = b64.asarray(np.log([0.4, 0.3, 0.2, 0.1]))
+    before = b64.to_numpy(p["prior.mu_c"]).copy()
+    assert collapse_guard(m, p, counts=[10, 50, 40, 30]) == 0        # everyone wins rows
+    assert collapse_guard(m, p, counts=[0, 50, 40, 30]) == 1         # component 0 wins none
+    mu = b64.to_numpy(p["prior.mu_c"])
+    np.testing.assert_allclose(mu[2:], before[2:])                   # untouched
+    np.testing.assert_allclose(mu[0] + mu[1], 2 * before[1])          # 1 (most rows) was split
+    assert not np.allclose(mu[0], before[0])
+    pi = np.exp(b64.to_numpy(m.prior.log_pi(b64, p)))
+    np.testing.assert_allclose(pi[0], pi[1])
+
+
+def test_gmvae_keeps_a_perfect_partition():
+    """Four separated blobs: the graph partition is exact, and the GMVAE must keep it (it fell
+    to ACC 0.5 when the ELBO stage restarted Adam and two components won no rows)."""
+    from sklearn.datasets import make_blobs
+
+    from scratchvae import GMVAE
+    from scratchvae.metrics import cluster_acc
+
+    X, y = make_blobs(1000, 20, centers=4, random_state=2)
+    X = (X - X.min(0)) / (X.max(0) - X.min(0))
+    g = GMVAE(clusters=4, latent_dim=4).fit(X, y)
+    assert g.fit_info_["partition_acc"] == 1.0
+    assert cluster_acc(y, g.labels_) == 1.0 and g.fit_info_["partition_agreement"] == 1.0
+    assert all(h["partition_agreement"] == 1.0 for h in g.history_)

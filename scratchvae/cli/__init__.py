@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 from .options import build_parser, parse  # noqa: F401  (build_parser: tests, README check)
 
 
 def _run(args):
     """-> (result dict, exit code)."""
-    from . import bench, evaluate, experiments, gradcheck, tour, train
+    from . import baselines, bench, evaluate, experiments, gradcheck, tour, train
 
     if args.command == "train":
         if args.model in (None, "all") and not args.resume:
@@ -31,7 +32,8 @@ def _run(args):
         res = gradcheck.main(args)
         return res["summary"], 0 if res["ok"] else 1
     run = {"eval": evaluate.main, "compare": experiments.main_compare,
-           "seeds": experiments.main_seeds, "bench": bench.main}[args.command]
+           "seeds": experiments.main_seeds, "bench": bench.main,
+           "baselines": baselines.main}[args.command]
     return run(args), 0
 
 
@@ -61,10 +63,16 @@ def _kl(args) -> dict:
     return {"out": out, **{k: v for k, v in res.items() if not isinstance(v, (list, dict))}}
 
 
+def _one_line(message, category, filename, lineno, file=None, line=None):
+    """Warnings on the command line are one line each, like errors."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     from ..errors import ScratchVAEError
 
     args = parse(argv)
+    warnings.showwarning = _one_line
     try:
         res, code = _run(args)
     except (ScratchVAEError, FloatingPointError) as exc:

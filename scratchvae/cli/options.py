@@ -19,6 +19,8 @@ COMMANDS = {
     "bench": "ms per training step of the VaDE network against its GEMM floor",
     "compare": "mean-field vs full-covariance posterior over --seeds seeds",
     "seeds": "train --model with seeds 0..--seeds-1; mean +- std of every metric",
+    "baselines": "the GMVAE beside k-means, PCA + GaussianMixture, autoencoder + k-means and "
+                 "its own graph partition, on the same data, split and seeds",
 }
 # --quick: tiny budgets for every stage (seconds; smoke tests)
 QUICK = {"epochs": 2, "pretrain_epochs": 2, "iwae_k": 10, "anchor_epochs": 2}
@@ -187,7 +189,7 @@ def build_parser():
                          extra=("all",))
         elif cmd == "seeds":
             model_choice(s, "required")
-        if cmd in ("train", "eval", "compare", "seeds"):
+        if cmd in ("train", "eval", "compare", "seeds", "baselines"):
             add_data_options(s)
         if cmd in ("train", "eval"):
             s.add_argument("--resume", default=None,
@@ -202,9 +204,9 @@ def build_parser():
                            metavar="N", help="timed training steps (default 20)")
             s.add_argument("--bench-batch", type=_number(int, "positive"), default=256,
                            metavar="N", help="batch size of the timed steps (default 256)")
-        add_run_options(s, seeds=cmd in ("compare", "seeds"),
-                        seed=cmd not in ("compare", "seeds", "eval"),
-                        out=cmd in ("train", "compare", "seeds"))
+        add_run_options(s, seeds=cmd in ("compare", "seeds", "baselines"),
+                        seed=cmd not in ("compare", "seeds", "eval", "baselines"),
+                        out=cmd in ("train", "compare", "seeds", "baselines"))
         add_model_options(s, COMMAND_OPTIONS.get(cmd))
     return p
 

@@ -250,7 +250,9 @@ def _gmvae_section(c, g) -> list:
         L += [f"Initialisation: spectral partition of the consensus {g.get('graph_k')}-NN graph "
               f"({g.get('graph_edges_consensus')} edges agreed by data and latent means), "
               f"training-split ACC of that partition {_f(g.get('partition_acc'))}; then "
-              f"{g.get('anchor_epochs', '')} anchored warm-up epochs "
+              f"{g.get('anchor_epochs', '')} anchored warm-up epochs; the final clusters agree "
+              f"with the partition on {_f(g.get('partition_agreement'))} of the training rows "
+              "(label-free) "
               f"([`03-gmvae.md`]({rel}/derivations/03-gmvae.md#the-consensus-neighbour-graph)).", ""]
     for f_, alt in (("samples.png", "samples per component"), ("latent.png", "latent means"),
                     ("weights.png", "mixture weights"), ("clustering.png", "ACC/NMI over training")):

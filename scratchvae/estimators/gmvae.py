@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 from sklearn.base import ClusterMixin
@@ -20,6 +21,9 @@ from ..models.gmvae import GMVAE as GMVAEModel, GMVAEConfig
 from ..options import ScoreOptions, spell
 from ..recipe import ClusteringRecipe, epoch_hook, initialise
 from .vae import VAE
+
+
+AGREEMENT_WARN = 0.9   # warn when the final assignment keeps less of the starting partition
 
 
 class GMVAE(ClusterMixin, VAE):
@@ -53,6 +57,12 @@ class GMVAE(ClusterMixin, VAE):
         if o.init == "graph" and "gmm_restarts" in chosen:
             raise UsageError(f"{spell('gmm_restarts', meta['gmm_restarts'])} applies to init "
                              "gmm; drop it or use init gmm")
+        if o.likelihood == "gaussian" and Xh.min() >= 0.0 and Xh.max() <= 1.0:
+            warnings.warn("every feature lies in [0, 1] and the likelihood is gaussian: on [0, 1] "
+                          "images the learned pixel variances take over and the clusters fail "
+                          "(bundled digits, 3 seeds: ACC 0.75 against 0.88 with bernoulli); use "
+                          "likelihood='bernoulli' (--likelihood bernoulli) for [0, 1] data, and "
+                          "gaussian for standardised real-valued features", stacklevel=4)
         if o.init == "graph" and "graph_k" in chosen and o.graph_k >= n:   # the default is clipped
             raise UsageError(f"graph_k={o.graph_k} (--graph-k) needs more than {o.graph_k} "
                              f"training rows ({n} here); use a smaller graph_k")
@@ -63,9 +73,11 @@ class GMVAE(ClusterMixin, VAE):
         rep = initialise(self.model_, self.params_, Xd, self.recipe(), seed=int(o.random_state),
                          batch_size=int(o.batch_size), lr=float(o.lr), progress=o.verbose,
                          score=self.tracking_["score"])
+        self.opt_ = rep.pop("optimizer", None)      # the recipe's optimiser trains on
+        self.pretrained_codes_ = rep.pop("codes")
         part = rep.pop("partition", None)
         if part is not None:
-            self.partition_ = part
+            self.partition_ = self.tracking_["partition"] = part
             if y is not None:                         # reported only, never used
                 from ..metrics import cluster_acc
 
@@ -85,6 +97,17 @@ class GMVAE(ClusterMixin, VAE):
     def _after_fit(self, Xd):
         self.labels_ = self.model_.predict(self.params_, Xd)
         self.__dict__.pop("_on_epoch", None)          # no reference to the data is kept
+        part = self.__dict__.get("partition_")
+        if part is not None and len(part) == len(self.labels_):
+            from ..metrics import cluster_acc
+
+            agree = cluster_acc(part, self.labels_)   # label-free: model vs its own start
+            self.fit_info_["partition_agreement"] = agree
+            if agree < AGREEMENT_WARN:
+                warnings.warn(f"the GMVAE's final clusters agree with its starting partition on "
+                              f"only {agree:.1%} of the training rows (below "
+                              f"{AGREEMENT_WARN:.0%}): the ELBO stage moved away from the graph "
+                              "partition; compare both (partition_ and labels_)", stacklevel=3)
 
     def _meta_extra(self) -> dict:
         return {"fit_info": {k: v for k, v in self.fit_info_.items()
