@@ -218,6 +218,7 @@ class Estimator(BaseEstimator):
             for k in [k for k in self.__dict__ if k.endswith("_") and not k.startswith("_")]:
                 del self.__dict__[k]             # a fresh fit forgets the previous one
             self.__dict__.pop("_built_with", None)
+            self.__dict__.pop("_meta", None)
         Xh = self._check_X(X)
         y = self._check_y(y, Xh.shape[0])
         if resume:
