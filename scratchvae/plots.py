@@ -178,6 +178,33 @@ def series(x, ys: dict, path, title, xlabel, ylabel, vline=None, vline_label=Non
     return save_fig(fig, path)
 
 
+def per_seed(values: dict, path, title, ylabel):
+    """One dot per seed for each method (``values[method][i]`` is seed i), seeds joined by thin
+    grey lines so paired differences show; the mean of each method as a black bar."""
+    plt = _plt()
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names) + 1.5), 3.6))
+    cols = plt.get_cmap("tab10").colors
+    n = max(len(v) for v in values.values())
+    for i in range(n):                                  # the pairs: one seed across methods
+        ys = [values[m][i] for m in names if i < len(values[m])]
+        if len(ys) == len(names) and len(names) > 1:
+            ax.plot(range(len(names)), ys, color="0.75", linewidth=0.8, zorder=1)
+    for j, m in enumerate(names):
+        v = np.asarray(values[m], dtype=float)
+        ax.scatter(np.full(v.size, j), v, s=36, color=cols[j % 10], zorder=2,
+                   label=f"{m} (mean {v.mean():.3f})")
+        ax.hlines(v.mean(), j - 0.25, j + 0.25, color="black", linewidth=2, zorder=3)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              ncol=min(3, len(names)), frameon=False)      # below the axes: never over a dot
+    return save_fig(fig, path, dpi=150)
+
+
 # --------------------------------------------------------------------------- VQ-VAE
 def vq_figures(model, params, ds, history, out_dir, backend=None, title_prefix="vqvae") -> list:
     """Write vq_reconstructions.png, vq_samples.png, vq_usage.png, vq_perplexity.png to

@@ -45,8 +45,8 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
     "graph") run the anchored warm-up; ``params`` is updated in place.  Only ``X`` (device,
     (N, D)) is seen.  ``score(epoch, params)``, if given, is called after each warm-up epoch with
     epochs -A+1 .. 0 (for a figure).  Returns a report; its ``"partition"`` entry holds the
-    graph partition's labels, ``"codes"`` the pretrained latent means (host arrays), and
-    ``"optimizer"`` the warm-up's Adam state."""
+    graph partition's labels, ``"codes"`` the pretrained latent means (host arrays),
+    ``"history"`` the per-epoch records of each phase, and ``"optimizer"`` the Adam state."""
     from .cluster import (graph_partition, init_logvar_head, init_mixture_from_codes,
                           init_mixture_from_partition)
     from .models.gmvae import PretrainAE
@@ -59,6 +59,7 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
                              desc="gmvae pretrain", progress=progress, rng_tag="pretrain")
         rep["optimizer"] = popt      # one optimiser through every phase (see _anchored_warm_up)
         rep["pretrain_recon"] = ph[-1]["loss"]
+        rep["history"] = {"pretrain": ph}
     Z = model.latent_means(params, X)
     rep["codes"] = Z                     # the pretrained latent means (host), for baselines
     if r.init == "gmm":
@@ -73,9 +74,11 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
         init_logvar_head(model, params, Z)
         rep["partition"] = labels
         if r.anchor_epochs > 0:
-            rep["anchor_loss"], rep["optimizer"] = _anchored_warm_up(
+            ah, rep["optimizer"] = _anchored_warm_up(
                 model, params, X, labels, r.anchor_epochs, batch_size, lr, progress, score,
                 rep.get("optimizer"))
+            rep["anchor_loss"] = ah[-1]["loss"]
+            rep.setdefault("history", {})["warm-up"] = ah
         rep["anchor_epochs"] = r.anchor_epochs
     rep["recipe_seconds"] = time.perf_counter() - t0
     return rep
@@ -83,7 +86,7 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
 
 def _anchored_warm_up(model, params, X, labels, epochs, batch_size, lr, progress, score,
                       opt=None):
-    """``epochs`` epochs of the ELBO with q(c|x) = one-hot(labels); returns the last loss and
+    """``epochs`` epochs of the ELBO with q(c|x) = one-hot(labels); returns its history and
     the optimiser.  The optimiser is the pretraining's, carried on, and the ELBO stage carries
     it on again: a fresh Adam's first steps move every weight by about the learning rate
     whatever its gradient (m/sqrt(v) = +-1 at step 1), which broke a perfect partition of four
@@ -98,7 +101,7 @@ def _anchored_warm_up(model, params, X, labels, epochs, batch_size, lr, progress
                  (lambda rec, p, o: score(rec["epoch"] - epochs, p)))   # epochs -A+1 .. 0
     _, opt, _, ah = fit(anch, params, anch.pack(X, Q), acfg, desc="gmvae anchored warm-up",
                         progress=progress, rng_tag="anchor", on_epoch=on_anchor, opt=opt)
-    return ah[-1]["loss"], opt
+    return ah, opt
 
 
 def epoch_hook(model, X, y, pi_min: float = 0.1):

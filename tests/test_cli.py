@@ -304,3 +304,35 @@ def test_baselines_command_scores_every_method(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((60, 8)))
     err = _err(capsys, ["baselines", "--data", str(tmp_path / "x.npy"), "--quiet"])
     assert "has none" in err
+
+
+def _check_report(folder):
+    """report.md exists, every figure and page it links exists, figures are non-trivial."""
+    text = (folder / "report.md").read_text()
+    for rel in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (folder / rel).stat().st_size > 2000, rel
+    for rel in re.findall(r"\]\(([^)]+\.(?:md|csv|json))\)", text):
+        assert (folder / rel).exists(), rel
+    assert not re.search(r"\|\s*(nan|inf)\s*\|", text.lower())
+    return text
+
+
+def test_every_command_leaves_a_report_and_a_history(tmp_path):
+    import csv
+
+    small = ["--limit", "200", "--hidden", "16", "--latent-dim", "2", "--iwae-k", "5", "--quiet"]
+    t = tmp_path / "t"
+    assert main(["train", "--model", "gmvae", "--epochs", "2", "--pretrain-epochs", "2",
+                 "--anchor-epochs", "1", "--clusters", "3", "--out", str(t)] + small) == 0
+    text = _check_report(t)
+    assert "history.csv" in text and "partition_agreement" in text
+    rows = list(csv.DictReader((t / "history.csv").open()))
+    assert [r["phase"] for r in rows] == ["pretrain"] * 2 + ["warm-up"] + ["train"] * 2
+    assert all(float(r["loss"]) == float(r["loss"]) for r in rows)          # no NaN
+    s = tmp_path / "s"
+    assert main(["seeds", "--model", "vae", "--seeds", "2", "--epochs", "1", "--out", str(s)]
+                + small) == 0
+    assert "seed1/report.md" in _check_report(s) and (s / "seeds-iwae_ll.png").exists()
+    c = tmp_path / "c"
+    assert main(["compare", "--seeds", "2", "--epochs", "1", "--out", str(c)] + small) == 0
+    assert "fullcov_minus_vae" in _check_report(c) and (c / "compare-iwae_ll.png").exists()

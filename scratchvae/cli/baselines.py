@@ -13,6 +13,8 @@ import time
 
 
 from .. import metrics as M
+from .. import plots
+from . import report
 from ..errors import UsageError
 from .options import chosen_options, explicit_options
 from .registry import entry
@@ -80,5 +82,12 @@ def main(args) -> dict:
                   "summary": summary, "runs": per, "options": est.get_params(),
                   "config": config_record(args), "versions": versions()}
         write_json(os.path.join(out, "baselines.json"), record)
-    return {"out": out, **{m: {k: round(summary[m][k]["mean"], 4) for k in ("acc", "nmi", "ari")}
+        plots.per_seed({m: summary[m]["acc"]["values"] for m in summary},
+                       os.path.join(out, "baselines-acc.png"),
+                       f"clustering of the training rows of {args.data}: ACC per seed", "ACC")
+        report.seeds_report(out, args, {
+            "title": "the GMVAE beside its baselines (training rows, ACC)",
+            "summary": {m: summary[m]["acc"] for m in summary}, "runs": per,
+            "extra": [f"seeds 0-{n - 1}", f"{record['n_train']} training rows"]}, lambda r: None)
+    return {"out": out, "report": os.path.join(out, "report.md"), **{m: {k: round(summary[m][k]["mean"], 4) for k in ("acc", "nmi", "ari")}
                            for m in summary}}

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 
 from .. import metrics as M
+from .. import plots
+from . import report
 from ..errors import UsageError
 from .options import chosen_options, explicit_options
 from .registry import entry
@@ -51,9 +53,19 @@ def _seeds(args, e, ds, out) -> dict:
               "runs": runs, "versions": versions(), **est.backend_.describe(),
               "config": config_record(args), "options": {**est.get_params(), "random_state": None}}
     write_json(os.path.join(out, "seeds.json"), record)
+    main_metric = next(k for k in ("acc", "iwae_ll", "perplexity", "recon") if k in summary)
+    plots.per_seed({args.model: summary[main_metric]["values"]},
+                   os.path.join(out, f"seeds-{main_metric}.png"),
+                   f"{args.model} on {args.data}: held-out {main_metric}, one dot per seed",
+                   main_metric)
+    report.seeds_report(out, args, {
+        "title": f"{args.model} over {len(runs)} seeds", "summary": summary, "runs": runs,
+        "extra": [f"seeds 0-{len(runs) - 1}", f"backend `{est.options.backend}`"]},
+        lambda r: f"seed{r['seed']}")
     show = [k for k in ("acc", "nmi", "ari", "iwae_ll", "elbo", "perplexity", "usage", "recon")
             if k in summary]
-    return {"out": out, "model": args.model, "seeds": len(runs),
+    return {"out": out, "report": os.path.join(out, "report.md"), "model": args.model,
+            "seeds": len(runs),
             **{k: {"mean": summary[k]["mean"], "std": summary[k]["std"]} for k in show}}
 
 
@@ -93,5 +105,15 @@ def _compare(args, ds, out) -> dict:
               "hidden": list(est.options.hidden), "versions": versions(),
               **est.backend_.describe()}
     write_json(os.path.join(out, "compare.json"), record)
-    return {"out": out, "vae_iwae_ll": summary["vae"], "fullcov_iwae_ll": summary["fullcov"],
+    plots.per_seed({"mean-field": per["vae"], "full covariance": per["fullcov"]},
+                   os.path.join(out, "compare-iwae_ll.png"),
+                   f"held-out iwae_ll on {args.data}: each seed's pair joined",
+                   "iwae_ll (nats per example)")
+    report.seeds_report(out, args, {
+        "title": "mean-field vs full-covariance posterior", "summary": summary, "runs": rows,
+        "extra": [f"seeds 0-{len(per['vae']) - 1}", f"{est.options.epochs} epochs",
+                  f"J = {est.options.latent_dim}"]},
+        lambda r: f"{r['model']}-seed{r['seed']}")
+    return {"out": out, "report": os.path.join(out, "report.md"), "vae_iwae_ll": summary["vae"],
+            "fullcov_iwae_ll": summary["fullcov"],
             "fullcov_minus_vae": summary["fullcov_minus_vae"]}

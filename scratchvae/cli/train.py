@@ -10,6 +10,7 @@ import os
 from ..estimators import load
 from ..errors import UsageError
 from ..train import CheckpointError
+from . import report
 from .options import chosen_options, explicit_options
 from .registry import entry
 from .runs import (checkpoint_path, config_record, default_out, get_data, resolve_source,
@@ -26,6 +27,8 @@ def run_model(name, est, ds, out, args) -> dict:
            "steps": est.step_, "epochs": est.options.epochs, "n_train": int(ds.x_train.shape[0]),
            "n_test": int(ds.x_test.shape[0]), **info}
     res.update(e.figures(est, ds, out, args.data))
+    report.write_history(os.path.join(out, "history.csv"), est)
+    report.train_report(out, args, res, est)
     return res
 
 
@@ -74,7 +77,7 @@ def main(args) -> dict:
               "versions": versions(), **est.backend_.describe(), "data": args.data,
               "seed": est.options.random_state}
     write_json(os.path.join(out, "metrics.json"), record)
-    return {"out": out, **res}
+    return {"out": out, **res, "report": os.path.join(out, "report.md")}
 
 
 def _refuse_foreign(name, e, explicit):

@@ -75,6 +75,7 @@ class GMVAE(ClusterMixin, VAE):
                          score=self.tracking_["score"])
         self.opt_ = rep.pop("optimizer", None)      # the recipe's optimiser trains on
         self.pretrained_codes_ = rep.pop("codes")
+        self.phase_history_ = rep.pop("history", {})
         part = rep.pop("partition", None)
         if part is not None:
             self.partition_ = self.tracking_["partition"] = part
