@@ -117,34 +117,55 @@ def posterior_ellipses(mu, cov, path, title, labels=None, std=2.0):
     return save_fig(fig, path)
 
 
-def latent_scatter(Z, labels, centres, path, title):
-    """2-D view of latent codes (first two principal components if J > 2), coloured by label,
-    with the mixture means projected the same way."""
-    plt = _plt()
+def _project2(Z, centres):
+    """Codes and centres on the first two principal components of Z (or as they are)."""
     Z = np.asarray(Z, dtype=np.float64)
     centres = np.asarray(centres, dtype=np.float64)
     mean = Z.mean(0)
     if Z.shape[1] > 2:
         _, _, vt = np.linalg.svd(Z - mean, full_matrices=False)
-        P = vt[:2].T
-        xlab, ylab = "principal component 1", "principal component 2"
+        P, labs = vt[:2].T, ("principal component 1", "principal component 2")
     else:
         P = np.eye(Z.shape[1])[:, :2] if Z.shape[1] == 2 else np.eye(1)
-        xlab, ylab = "$z_1$", "$z_2$"
-    Y = (Z - mean) @ P
-    C = (centres - mean) @ P
+        labs = ("$z_1$", "$z_2$")
+    Y, C = (Z - mean) @ P, (centres - mean) @ P
     if Y.shape[1] == 1:
         Y = np.concatenate([Y, np.zeros_like(Y)], 1)
         C = np.concatenate([C, np.zeros_like(C)], 1)
-    fig, ax = plt.subplots(figsize=(6, 5))
-    sc = ax.scatter(Y[:, 0], Y[:, 1], c=labels, cmap="tab10", s=6, alpha=0.7)
-    ax.scatter(C[:, 0], C[:, 1], c="black", marker="x", s=60, label="component means $\\mu_c$")
-    ax.legend(loc="best")
-    fig.colorbar(sc, ax=ax, label="cluster")
-    ax.set_xlabel(xlab)
-    ax.set_ylabel(ylab)
-    ax.set_title(title)
-    return save_fig(fig, path)
+    return Y, C, labs
+
+
+def _categorical(ax, Y, labels, name):
+    """One colour per category (tab10, then tab20 for more), a legend, no colour bar."""
+    import matplotlib
+
+    labels = np.asarray(labels)
+    cats = np.unique(labels)
+    cmap = matplotlib.colormaps["tab10" if cats.size <= 10 else "tab20"]
+    for i, c in enumerate(cats):
+        m = labels == c
+        ax.scatter(Y[m, 0], Y[m, 1], s=6, alpha=0.7, color=cmap(i % cmap.N), label=f"{name} {c}")
+    ax.legend(fontsize=7, markerscale=2.5, ncol=2, loc="best", framealpha=0.8)
+
+
+def latent_scatter(Z, labels, centres, path, title, true_labels=None):
+    """2-D view of latent codes (first two principal components if J > 2), coloured by the
+    assigned cluster (categorical colours), the mixture means projected the same way; with
+    ``true_labels``, a second panel coloured by them."""
+    plt = _plt()
+    Y, C, (xlab, ylab) = _project2(Z, centres)
+    panels = [("cluster", labels, "assigned cluster")]
+    if true_labels is not None:
+        panels.append(("label", true_labels, "true label (only for this picture)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), squeeze=False)
+    for ax, (name, lab, sub) in zip(axes[0], panels):
+        _categorical(ax, Y, lab, name)
+        ax.scatter(C[:, 0], C[:, 1], c="black", marker="x", s=60)
+        ax.set_xlabel(xlab)
+        ax.set_ylabel(ylab)
+        ax.set_title(f"coloured by {sub}; x = component means", fontsize=10)
+    fig.suptitle(title)
+    return save_fig(fig, path, dpi=150)
 
 
 def bar(values, path, title, xlabel, ylabel):

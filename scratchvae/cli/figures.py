@@ -60,7 +60,7 @@ def gmvae(est, ds, out, data_name) -> dict:
                      row_labels=[f"c={c} pi={pi[c]:.2f}" for c in range(K)])
     plots.latent_scatter(m.latent_means(params, Xt), yp_test, mu_c,
                          os.path.join(out, "latent.png"),
-                         "gmvae: test latent means (PCA to 2-D), coloured by assigned cluster")
+                         "gmvae: test latent means (PCA to 2-D)", true_labels=ds.y_test)
     plots.bar(pi, os.path.join(out, "weights.png"), "gmvae: mixture weights pi_c",
               "component c", "pi_c")
     if track.get("epoch"):
