@@ -14,14 +14,14 @@ looks at labels:
 4. the encoder's log-variance output initialised small relative to the code spread
    (:func:`init_logvar_head`);
 5. the anchored warm-up: a few epochs of the ELBO with q(c|x) set to that partition (models/
-   gmvae.py :class:`AnchoredGMVAE`), then the seed's q(c|x) = p(c|z);
+   gmvae.py :class:`AnchoredGMVAE`), then the assignment's q(c|x) = p(c|z);
 6. learning-rate decay (``TrainConfig.lr_decay``);
 7. a guard against component collapse: after an epoch, a component whose weight fell below
    ``pi_min / K``, or that wins no training row under argmax q(c|x), is re-seeded by splitting
    the heaviest component (:func:`collapse_guard`).
 
 They run between epochs, on the host (NumPy / scikit-learn), and write device arrays back through
-the backend.  [03-gmvae.md#the-clustering-recipe]
+the backend.  [05-clustering-recipe.md#the-steps]
 """
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def init_mixture_from_codes(model, params, Z: np.ndarray, *, seed: int = 0,
                             n_init: int = 10) -> dict:
     """Fit sklearn's GaussianMixture (diagonal covariances, ``n_init`` restarts, best by its
     likelihood) to latent means Z (N, J) and copy it into the prior parameters.  Returns a
-    report (log-likelihood per point, weights)."""
+    report (log-likelihood per point, weights).  VaDE's start, kept as ``--init gmm``.
+    [05-clustering-recipe.md#mixture-initialisation]"""
     from sklearn.mixture import GaussianMixture
 
     b = model.b
@@ -51,7 +52,8 @@ def init_mixture_from_codes(model, params, Z: np.ndarray, *, seed: int = 0,
 
 
 def knn_graph(F: np.ndarray, k: int):
-    """Symmetric 0/1 k-nearest-neighbour graph of the rows of F (sparse CSR, no self loops)."""
+    """Symmetric 0/1 k-nearest-neighbour graph of the rows of F (sparse CSR, no self loops):
+    A^x or A^z of (C.1)."""
     from sklearn.neighbors import kneighbors_graph
 
     A = kneighbors_graph(F, n_neighbors=k, mode="connectivity", include_self=False)
@@ -64,7 +66,7 @@ def spectral_clustering(A, K: int, *, seed: int = 0, report: dict | None = None)
     D^-1/2 A D^-1/2, each row scaled to unit length, then k-means (10 restarts, best inertia).
     ``report`` (a dict), if given, receives the eigenvalues and the largest eigen-residual
     ||M v - lambda v|| (a check that the iterative solver converged).
-    [03-gmvae.md#the-consensus-neighbour-graph]"""
+    [05-clustering-recipe.md#spectral-clustering]"""
     import warnings
 
     import scipy.sparse as sp
@@ -76,7 +78,7 @@ def spectral_clustering(A, K: int, *, seed: int = 0, report: dict | None = None)
     if np.any(d <= 0):
         raise ValueError("every node of the graph needs at least one edge")
     s = sp.diags(1.0 / np.sqrt(d))
-    M = (s @ A @ s).tocsr()
+    M = (s @ A @ s).tocsr()                     # M = D^-1/2 A D^-1/2
     if N < 5 * K + 50:        # small (LOBPCG itself needs N >= 5K): dense eigendecomposition
         w, V = np.linalg.eigh(M.toarray())
         w, V = w[-K:], V[:, -K:]
@@ -92,6 +94,7 @@ def spectral_clustering(A, K: int, *, seed: int = 0, report: dict | None = None)
         res = np.linalg.norm(M @ V - V * w[None, :], axis=0)
         report["spectral_eigenvalues"] = np.sort(w)[::-1].tolist()
         report["spectral_max_residual"] = float(res.max())
+    # rows scaled to unit length, then k-means [05-clustering-recipe.md#spectral-clustering]
     V = V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
     return KMeans(n_clusters=K, n_init=10, random_state=seed).fit_predict(V).astype(np.int64)
 
@@ -119,13 +122,14 @@ def graph_partition(X: np.ndarray, Z: np.ndarray, K: int, *, k: int = 10, seed: 
         # More connected pieces than clusters (e.g. many near-duplicate rows, each group its own
         # piece) leaves spectral clustering an arbitrary choice among the pieces: widen the
         # neighbourhoods until the graph has at most K pieces.
+        # [05-clustering-recipe.md#more-pieces-than-clusters]
         Ax, Az = knn_graph(X, k), knn_graph(Z, k)
         pieces = int(connected_components(Ax + Az, directed=False)[0])
         if pieces <= K or k >= N - 1:
             break
         k = min(2 * k, N - 1)
     both = Ax.multiply(Az)
-    A = (both + weak * (Ax + Az)).tocsr()
+    A = (both + weak * (Ax + Az)).tocsr()       # (C.1): A = A^x * A^z + xi (A^x + A^z)
     rep = {"graph_k": k, "graph_k_asked": k_asked, "graph_pieces": pieces,
            "graph_edges_data": int(Ax.nnz // 2),
            "graph_edges_latent": int(Az.nnz // 2), "graph_edges_consensus": int(both.nnz // 2)}
@@ -141,6 +145,7 @@ def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray
     1.5 var_min).  A cluster with fewer than 2 members starts at a random code (drawn with
     ``seed``) with the overall variance and a count of 1 before the weights are normalised
     (the collapse guard may re-seed it later)."""
+    # (C.2): pi_c = N_c / N, mu_c = mean, var_c = max(scatter, 1.5 var_min)
     b, prior = model.b, model.prior
     K, (N, J) = prior.K, Z.shape
     Z = Z.astype(np.float64)
@@ -163,7 +168,8 @@ def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray
 
 def init_logvar_head(model, params, Z: np.ndarray, ratio: float = 0.01):
     """Encoder log-variance outputs start at log(ratio * mean code variance): weights 0, bias set.
-    (Only for the mean-field head; the Cholesky head's diagonal bias is set likewise.)"""
+    (Only for the mean-field head; the Cholesky head's diagonal bias is set likewise.)
+    [05-clustering-recipe.md#variance-head-initialisation]"""
     b = model.b
     J = model.J
     last = model.encoder.n_layers - 1
@@ -190,7 +196,7 @@ def collapse_guard(model, params, pi_min: float = 0.1, opt=None, counts=None) ->
     as one with no weight).  The heaviest is the one winning most rows (``counts``) or else the
     largest weight.  Label-free.  With ``opt`` (Adam), the moments of the prior parameters are
     reset so the re-seeded components do not inherit the dead one's momentum.  Returns the
-    number re-seeded."""
+    number re-seeded.  [05-clustering-recipe.md#collapse-guard]"""
     b = model.b
     K = model.prior.K
     pi = np.exp(b.to_numpy(model.prior.log_pi(b, params)))

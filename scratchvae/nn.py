@@ -36,7 +36,7 @@ def matmul(a, b):
 # --------------------------------------------------------------------------- linear
 def linear_forward(x, W, b):
     """x (N, I), W (I, O), b (O,) -> out (N, O) = x W + b.   [00-backprop.md#linear]"""
-    out = matmul(x, W)
+    out = matmul(x, W)                     # (B.1.1): y = x W + 1 b^T
     out += b
     return out, (x, W)
 
@@ -47,6 +47,7 @@ def linear_backward(xp, dout, cache, need_dx=True):
     dW = x^T dout,  db = 1^T dout,  dx = dout W^T.  ``need_dx=False`` skips the input
     gradient (the first layer of an encoder never needs it)."""
     x, W = cache
+    # (B.1.2)
     dW = matmul(x.T, dout)
     db = xp.sum(dout, axis=0)
     dx = matmul(dout, W.T) if need_dx else None
@@ -65,7 +66,7 @@ def relu_forward(b, x):
 
 def relu_backward(b, dy, y):
     """dx = dy * 1[x > 0] (the subgradient 0 is used at x = 0).   [00-backprop.md#relu]"""
-    # a multiply by the 0/1 mask: ~10x faster than where() on a random sign pattern
+    # (B.2.1); a multiply by the 0/1 mask: ~10x faster than where() on a random sign pattern
     return dy * b.xp.astype(y > 0, dy.dtype)
 
 
@@ -77,7 +78,7 @@ def tanh_forward(b, x):
 
 def tanh_backward(b, dy, y):
     """dx = dy * (1 - y^2).   [00-backprop.md#tanh]"""
-    return dy * (1.0 - y * y)
+    return dy * (1.0 - y * y)                # (B.3.1)
 
 
 def softplus_forward(b, x):
@@ -87,7 +88,7 @@ def softplus_forward(b, x):
 
 def softplus_backward(b, dy, x):
     """dx = dy * sigmoid(x).   [00-backprop.md#softplus]"""
-    return dy * b.sigmoid(x)
+    return dy * b.sigmoid(x)                 # (B.4.1)
 
 
 def sigmoid_forward(b, x):
@@ -98,7 +99,7 @@ def sigmoid_forward(b, x):
 
 def sigmoid_backward(b, dy, y):
     """dx = dy * y (1 - y).   [00-backprop.md#sigmoid]"""
-    return dy * y * (1.0 - y)
+    return dy * y * (1.0 - y)                # (B.5.1)
 
 
 def identity_forward(b, x):
@@ -166,6 +167,7 @@ class MLP:
         act_f, _ = ACTIVATIONS[self.act]
         caches = []
         h = x
+        # (B.6.1): a_i = h_{i-1} W_i + b_i, h_i = act(a_i), no activation after the last layer
         for i in range(self.n_layers):
             h, lc = linear_forward(h, params[f"{self.prefix}.{i}.W"], params[f"{self.prefix}.{i}.b"])
             ac = None
@@ -179,6 +181,7 @@ class MLP:
         _, act_b = ACTIVATIONS[self.act]
         grads = {}
         d = dout
+        # (B.6.2): from the last layer down, activation backward then linear backward
         for i in reversed(range(self.n_layers)):
             lc, ac = caches[i]
             if i < self.n_layers - 1:

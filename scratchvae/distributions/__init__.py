@@ -3,7 +3,7 @@
     likelihoods.py   p(x|z):  Bernoulli (logits), Gaussian (mean, floored log-variance)
     heads.py         q(z|x):  DiagGaussianHead, CholeskyHead -> Posterior (mu, var, logdet); log_q
     normal.py        prior N(0, I): StandardNormalPrior, kl_std_normal
-    mixture.py       prior sum_c pi_c N(mu_c, var_c): MixturePrior (seed §3)
+    mixture.py       prior sum_c pi_c N(mu_c, var_c): MixturePrior (the assignment's §3)
 
 Every forward returns ``(out, cache)`` with a named-tuple cache; every backward takes the
 upstream gradient and that cache.  No array library is imported here: every function receives

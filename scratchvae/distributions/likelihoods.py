@@ -36,12 +36,13 @@ class Bernoulli:
         xp = b.xp
         e = xp.exp(-xp.abs(out))                       # in (0, 1]: no overflow anywhere
         softplus = xp.maximum(out, 0.0) + xp.log1p(e)  # log(1 + e^l)
+        # (B.7.1), (M.11): log p(x|z) of (M.1) as x l - softplus(l), never through sigmoid(l)
         ll = xp.sum(x * out - softplus, axis=-1)
         return ll, BernoulliCache(x, out)
 
     def backward(self, b, dll, cache: BernoulliCache):
         """dll (S, B) -> dout (S, B, D)."""
-        return dll[..., None] * (cache.x - b.sigmoid(cache.out))
+        return dll[..., None] * (cache.x - b.sigmoid(cache.out))   # (B.7.2)
 
     def mean(self, b, out):
         return b.sigmoid(out)
@@ -54,7 +55,7 @@ class GaussianCache(NamedTuple):
 
 
 class Gaussian:
-    """x ~ N(mu_x, diag(exp(logvar_x))) with [mu_x; r] = decoder output (seed §3 item 3b).
+    """x ~ N(mu_x, diag(exp(logvar_x))) with [mu_x; r] = decoder output (the assignment's §3 item 3b).
 
     To keep the likelihood bounded on pixels that never vary, the log-variance has a smooth
     floor: logvar = lo + softplus(r - lo), lo = log(var_min).  (``var_min=0`` disables it.)
@@ -77,7 +78,7 @@ class Gaussian:
     def _logvar(self, b, r):
         if self.lo is None:
             return r
-        return self.lo + b.softplus(r - self.lo)
+        return self.lo + b.softplus(r - self.lo)                  # (B.8.1): the smooth floor
 
     def loglik(self, b, x, out):
         """x (B, D), out (S, B, 2D) = [mu_x | r] -> ll (S, B), cache."""
@@ -87,6 +88,7 @@ class Gaussian:
         logvar = self._logvar(b, r)
         prec = xp.exp(-logvar)
         diff = x - mu
+        # (B.8.2), (M.18): log p(x|z) of (M.1) for real-valued x
         ll = -0.5 * xp.sum(LOG2PI + logvar + diff * diff * prec, axis=-1)
         return ll, GaussianCache(diff, prec, r)
 
@@ -95,6 +97,7 @@ class Gaussian:
         xp = b.xp
         diff, prec, r = cache
         g = dll[..., None]
+        # (B.8.3) (and the gradients under (M.18))
         dmu = g * diff * prec
         dlogvar = g * (0.5 * diff * diff * prec - 0.5)
         if self.lo is not None:

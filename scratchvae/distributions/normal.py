@@ -25,12 +25,13 @@ def kl_std_normal(b, post: Posterior):
     Gradients: d/dmu = mu, d/dvar = 1/2, d/dlogdet = -1/2.   [00-backprop.md#kl]"""
     xp = b.xp
     J = post.mu.shape[-1]
+    # (B.10.1); from L directly it is (F.8); the one-component mixture gives it back (M.19)
     return 0.5 * (xp.sum(post.var, axis=-1) + xp.sum(post.mu * post.mu, axis=-1) - J - post.logdet)
 
 
 def kl_std_normal_backward(b, dkl, post: Posterior):
     """dkl (B,) -> (dmu, dvar, dlogdet)."""
-    g = dkl[:, None]
+    g = dkl[:, None]                                          # (B.10.2)
     return g * post.mu, 0.5 * g * b.xp.ones_like(post.var), -0.5 * dkl
 
 
@@ -41,8 +42,9 @@ def log_std_normal(b, z):
 
 
 class StandardNormalPrior:
-    """p(z) = N(0, I).  Its ELBO term is the closed form  reg = -KL(q(z|x) || p(z))  per example;
-    it has no parameters, no cluster variable (so no ``q_c``) and no gradient into z."""
+    """p(z) = N(0, I).  Its ELBO term is the closed form  reg = -KL(q(z|x) || p(z))  per example
+    (B.10.1), backward (B.10.2); it has no parameters, no cluster variable (so no ``q_c``) and no
+    gradient into z."""
 
     name = "normal"
 
@@ -50,7 +52,7 @@ class StandardNormalPrior:
         return {}
 
     def terms(self, b, params, z, post, q_c=None):
-        """-KL(q || N(0, I)) (B,); the cache is ``post``."""
+        """-KL(q || N(0, I)) (B,); the cache is ``post``.  The K = 1 mixture equals it (M.19)."""
         if q_c is not None:
             raise ValueError("the standard-normal prior has no clusters: q_c must be None")
         return -kl_std_normal(b, post), post

@@ -1,4 +1,4 @@
-"""Seed section 1: which direction of the KL divergence, and what each direction does.
+"""The assignment's section 1: which direction of the KL divergence, and what each direction does.
 
 Derivation: ``derivations/01-kl-direction.md``.  Target p = 1/2 N(-a, s^2) + 1/2 N(a, s^2),
 approximation q = N(m, exp(2 rho)).  Imports flow down this list:

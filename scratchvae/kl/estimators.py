@@ -1,20 +1,20 @@
-"""Seed section 1, device side: the target, the access oracles, and the Monte Carlo estimators.
+"""The assignment's section 1, device side: the target, the access oracles, and the Monte Carlo estimators.
 
-Derivation: ``derivations/01-kl-direction.md`` (equation numbers below refer to it).
+Derivation: ``derivations/01-kl-direction.md`` (the equation tags (K.n) below are its).
 
-The setting of seed section 1.2, used throughout:
+The setting of the assignment's section 1.2, used throughout:
 
 * target   p(x) = 1/2 N(x; -a, s^2) + 1/2 N(x; a, s^2)           (a symmetric two-mode mixture)
 * approx.  q(x) = N(x; m, sigma^2),  sigma = exp(rho),  learnable params {"m", "rho"}
 
 Array API only: every function receives the :class:`~scratchvae.backend.Backend` ``b`` and uses
 ``b.xp``.  The target :class:`TwoModeMixture`, the *access oracles* that enforce what each
-scenario of seed section 1.1 may touch, and the Monte Carlo estimators with their hand-written
+scenario of the assignment's section 1.1 may touch, and the Monte Carlo estimators with their hand-written
 gradients.  Noise is an argument, so every estimator is a deterministic function of
 ``(params, noise)`` and can be checked by finite differences.
 
 ====================  ===========================  =======================================
-scenario (seed 1.1)   oracle the estimator sees     estimators
+scenario (§1.1)       oracle the estimator sees     estimators
 ====================  ===========================  =======================================
 1: p density+samples  :class:`Full`                 :func:`forward_kl_full`,
                                                     :func:`reverse_kl_full`
@@ -40,9 +40,9 @@ LOG2PI = math.log(2.0 * math.pi)
 class TwoModeMixture:
     """p(x) = 1/2 N(x; -a, s^2) + 1/2 N(x; a, s^2) on the backend's device.
 
-    ``log_unnorm``  log p~(x) = logaddexp(-(x-a)^2 / 2s^2, -(x+a)^2 / 2s^2)      (eq. 1.2)
+    ``log_unnorm``  log p~(x) = logaddexp(-(x-a)^2 / 2s^2, -(x+a)^2 / 2s^2)      (K.2)
     ``log_Z``       log of Z = int p~ = 2 sqrt(2 pi) s, so log p = log p~ - log Z
-    ``score``       d/dx log p(x) = (a tanh(a x / s^2) - x) / s^2                  (eq. 1.3)
+    ``score``       d/dx log p(x) = (a tanh(a x / s^2) - x) / s^2                  (K.3)
     ``sample``      x = a * sign + s * eps from noise {"eps": N(0,1), "u": U(0,1)}
     """
 
@@ -77,12 +77,13 @@ def draw_p_noise(b, rng, shape) -> dict:
 
 
 def draw_q_noise(b, rng, shape):
-    """eps ~ N(0, 1) of ``shape``; q's samples are x = m + exp(rho) eps (eq. 1.4)."""
+    """eps ~ N(0, 1) of ``shape``; q's samples are x = m + exp(rho) eps (K.4)."""
     return rng.normal(tuple(shape))
 
 
 class AccessError(AttributeError):
-    """An estimator asked an oracle for something its scenario does not give."""
+    """An estimator asked an oracle for something its scenario does not give.
+    [01-kl-direction.md#result-5]"""
 
 
 def _fetch(source, name: str, wanted_by: str):
@@ -130,14 +131,16 @@ class _Oracle:
 
 
 class Full(_Oracle):
-    """Scenario 1: p's normalised density (and its x-derivative) and samples."""
+    """Scenario 1: p's normalised density (and its x-derivative) and samples.
+    [01-kl-direction.md#result-5]"""
 
     ALLOWED = ("log_prob", "score", "sample")
     SCENARIO = "scenario 1: density and samples of p"
 
 
 class SampleOnly(_Oracle):
-    """Scenario 2: samples of p only (``sample(noise)``); no density, normalised or not."""
+    """Scenario 2: samples of p only (``sample(noise)``); no density, normalised or not.
+    [01-kl-direction.md#result-5]"""
 
     ALLOWED = ("sample",)
     SCENARIO = "scenario 2: samples of p only"
@@ -149,6 +152,7 @@ class UnnormalisedDensity(_Oracle):
     ``log_unnorm`` comes from the source's ``log_unnorm`` (or ``log_prob``) plus ``log_offset``,
     an arbitrary constant the estimators never see.  ``score`` = d/dx log p~ = d/dx log p: knowing
     p~ in closed form means we may differentiate it; the unknown constant drops out.
+    [01-kl-direction.md#result-5]
     """
 
     ALLOWED = ("log_unnorm", "score")
@@ -173,12 +177,12 @@ class Estimate(NamedTuple):
 
 
 def init_params(b, m: float = 0.0, rho: float = 0.0) -> dict:
-    """q's parameters as 0-d device arrays: {"m": m, "rho": rho}, sigma = exp(rho)."""
+    """q's parameters as 0-d device arrays: {"m": m, "rho": rho}, sigma = exp(rho) (K.4)."""
     return {"m": b.asarray(m), "rho": b.asarray(rho)}
 
 
 def log_q(b, params, x):
-    """log N(x; m, exp(2 rho)) elementwise (eq. 1.4)."""
+    """log N(x; m, exp(2 rho)) elementwise (K.4)."""
     xp = b.xp
     m, rho = params["m"], params["rho"]
     u = (x - m) * xp.exp(-rho)
@@ -186,7 +190,7 @@ def log_q(b, params, x):
 
 
 def log_q_grad(b, params, x) -> dict:
-    """Score of q in its parameters at fixed x, elementwise (eq. 1.5):
+    """Score of q in its parameters at fixed x, elementwise (K.5):
     d/dm log q = (x - m) / sigma^2,   d/drho log q = ((x - m) / sigma)^2 - 1."""
     xp = b.xp
     m, rho = params["m"], params["rho"]
@@ -206,12 +210,12 @@ def _draw_q(b, params, eps):
 
 
 def _reverse_reparam(b, log_target, score_target, params, eps, stl=False) -> Estimate:
-    """Shared body of the reparameterisation estimator of E_q[log q - log target] (eq. 1.7).
+    """Shared body of the reparameterisation estimator of E_q[log q - log target] (K.7).
 
     x = m + sigma eps;  log q(x) = -1/2 log 2pi - rho - eps^2/2 (it does not depend on m);
     d/dm   = -mean(score(x)),
     d/drho = -1 - mean(score(x) * sigma * eps).
-    ``stl`` ("sticking the landing", eq. 1.7b): differentiate log q(x) only through x,
+    ``stl`` ("sticking the landing", (K.7b)): differentiate log q(x) only through x,
     d/dm = mean(-eps/sigma - score(x)), d/drho = mean(-eps^2 - score(x) sigma eps); it drops the
     zero-mean terms eps/sigma and eps^2 - 1 (the score of q), so it is unbiased too, and its
     variance vanishes where q = target.
@@ -230,7 +234,7 @@ def _reverse_reparam(b, log_target, score_target, params, eps, stl=False) -> Est
 # ---------------------------------------------------------------- scenario 1: Full access
 def reverse_kl_full(b, oracle, params, eps, stl: bool = False) -> Estimate:
     """Scenario 1, KL(q||p): value = mean(log q(x) - log p(x)), x = m + sigma eps, unbiased;
-    gradient by reparameterisation (eq. 1.7) through p's normalised density.
+    gradient by reparameterisation (K.7) through p's normalised density.
 
     ``eps``: (..., n) standard normal noise; outputs have shape (...)."""
     p = Full(oracle)
@@ -238,7 +242,7 @@ def reverse_kl_full(b, oracle, params, eps, stl: bool = False) -> Estimate:
 
 
 def forward_kl_full(b, oracle, params, p_noise) -> Estimate:
-    """Scenario 1, KL(p||q): value = mean(log p(x) - log q(x)) over x ~ p, unbiased (eq. 1.6);
+    """Scenario 1, KL(p||q): value = mean(log p(x) - log q(x)) over x ~ p, unbiased (K.6);
     gradient = that of :func:`forward_kl_mle` (log p does not depend on the params)."""
     p = Full(oracle)
     xp = b.xp
@@ -251,7 +255,7 @@ def forward_kl_full(b, oracle, params, p_noise) -> Estimate:
 
 # ---------------------------------------------------------------- scenario 2: samples of p
 def forward_kl_mle(b, oracle, params, p_noise) -> Estimate:
-    """Scenario 2, KL(p||q) up to the unknown constant -H(p): maximum likelihood (eq. 1.6).
+    """Scenario 2, KL(p||q) up to the unknown constant -H(p): maximum likelihood (K.6).
 
     value = mean(-log q(x_i)) over x_i ~ p (the cross-entropy H(p, q) = KL(p||q) + H(p));
     d/dm   = -mean((x_i - m) / sigma^2),
@@ -268,7 +272,7 @@ def forward_kl_mle(b, oracle, params, p_noise) -> Estimate:
 
 # ---------------------------------------------------------------- scenario 3: unnormalised p
 def reverse_kl_reparam(b, oracle, params, eps, stl: bool = False) -> Estimate:
-    """Scenario 3, KL(q||p) - log Z by reparameterisation (eq. 1.7).
+    """Scenario 3, KL(q||p) - log Z by reparameterisation (K.7).
 
     value = mean(log q(x) - log p~(x)), x = m + sigma eps: unbiased for KL(q||p) - log Z, and the
     unknown log Z does not depend on (m, rho), so the gradient is unbiased for grad KL(q||p).
@@ -281,15 +285,15 @@ BASELINES = ("loo", "none", "mean")
 
 
 def reverse_kl_score(b, oracle, params, eps, baseline: str = "loo") -> Estimate:
-    """Scenario 3, grad KL(q||p) by the score-function (log-derivative) estimator (eq. 1.8).
+    """Scenario 3, grad KL(q||p) by the score-function (log-derivative) estimator (K.8).
 
     x_i = m + sigma eps_i are samples of q, held fixed (no path derivative);
     f_i = log q(x_i) - log p~(x_i);   grad = mean((f_i - b_i) * grad_phi log q(x_i)).
 
     ``baseline``:
-      "loo"  (default) b_i = mean of the *other* f_j: independent of x_i, hence unbiased (eq. 1.9);
+      "loo"  (default) b_i = mean of the *other* f_j: independent of x_i, hence unbiased (K.9);
       "none" b_i = 0: unbiased, high variance (log Z alone adds log Z * grad log q noise);
-      "mean" b_i = mean of all f_j incl. f_i: *biased*, E = (n-1)/n * grad (eq. 1.10); kept to
+      "mean" b_i = mean of all f_j incl. f_i: *biased*, E = (n-1)/n * grad (K.10); kept to
              show why leave-one-out.
     ``aux["coef"]`` = f - b and ``aux["x"]``: the estimate is the exact gradient of the surrogate
     mean(coef * log q(x; m, rho)) with coef and x frozen."""
@@ -316,7 +320,7 @@ def reverse_kl_score(b, oracle, params, eps, baseline: str = "loo") -> Estimate:
 
 
 def forward_kl_snis(b, oracle, params, eps) -> Estimate:
-    """Scenario 3 (optional), KL(p||q) by self-normalised importance sampling from q (eq. 1.11).
+    """Scenario 3 (optional), KL(p||q) by self-normalised importance sampling from q (K.11).
 
     log w_i = log p~(x_i) - log q(x_i),  wbar = softmax(log w),  log Zhat = logsumexp(log w) - log n
     value = sum_i wbar_i log w_i - log Zhat      (estimates E_p[log p - log q])

@@ -1,6 +1,6 @@
-"""Seed section 1, host side, exact values (NumPy float64).
+"""The assignment's section 1, host side, exact values (NumPy float64).
 
-Derivation: ``derivations/01-kl-direction.md`` (equation numbers below refer to it).
+Derivation: ``derivations/01-kl-direction.md`` (the equation tags (K.n) below are its).
 
 KL(q||p) and KL(p||q) and their gradients/Hessians in (m, rho) by a dense trapezoid rule in log
 space (agrees with adaptive quadrature to 1e-9, see ``tests/test_kl.py``), p's moments and
@@ -73,13 +73,13 @@ def _over_q(fun, m, rho, chunk: int = 32):
 
 
 def exact_reverse_kl(m, rho, a, s):
-    """KL(q||p) = -1/2 log(2 pi e) - rho - E_q[log p]  (eq. 1.12), by quadrature."""
+    """KL(q||p) = -1/2 log(2 pi e) - rho - E_q[log p]  (K.12), by quadrature."""
     (elp,) = _over_q(lambda x, z, sig: (log_p_host(x, a, s),), m, rho)
     return -0.5 * (LOG2PI + 1.0) - np.asarray(rho, dtype=np.float64) - elp
 
 
 def exact_reverse_kl_grad(m, rho, a, s):
-    """(dR/dm, dR/drho) = (-E_q[g(x)], -1 - E_q[g(x) sigma z]), g = d/dx log p  (eq. 1.13)."""
+    """(dR/dm, dR/drho) = (-E_q[g(x)], -1 - E_q[g(x) sigma z]), g = d/dx log p  (K.13)."""
     def fun(x, z, sig):
         g = _score_host(x, a, s)
         return g, g * sig * z
@@ -88,7 +88,7 @@ def exact_reverse_kl_grad(m, rho, a, s):
 
 
 def exact_reverse_kl_hessian(m, rho, a, s):
-    """Hessian of KL(q||p) in (m, rho), shape (..., 2, 2)  (eq. 1.14):
+    """Hessian of KL(q||p) in (m, rho), shape (..., 2, 2)  (K.14):
     R_mm = -E[g'],  R_mrho = -E[g' sigma z],  R_rhorho = -E[g' sigma^2 z^2 + g sigma z]."""
     return _reverse_derivs(m, rho, a, s)[1]
 
@@ -122,7 +122,7 @@ def mixture_entropy(a, s) -> float:
 
 
 def exact_forward_kl(m, rho, a, s):
-    """KL(p||q) = E_p[log p] + 1/2 log 2pi + rho + E_p[(x - m)^2] / (2 sigma^2)  (eq. 1.15);
+    """KL(p||q) = E_p[log p] + 1/2 log 2pi + rho + E_p[(x - m)^2] / (2 sigma^2)  (K.15);
     E_p[log p] and the moments of p by quadrature."""
     m = np.asarray(m, dtype=np.float64)
     rho = np.asarray(rho, dtype=np.float64)
@@ -132,7 +132,7 @@ def exact_forward_kl(m, rho, a, s):
 
 
 def exact_forward_kl_grad(m, rho, a, s):
-    """(dF/dm, dF/drho) = (-E_p[x - m] / sigma^2, 1 - E_p[(x - m)^2] / sigma^2)  (eq. 1.16)."""
+    """(dF/dm, dF/drho) = (-E_p[x - m] / sigma^2, 1 - E_p[(x - m)^2] / sigma^2)  (K.16)."""
     m = np.asarray(m, dtype=np.float64)
     rho = np.asarray(rho, dtype=np.float64)
     ex, ex2, _ = _p_moments(float(a), float(s))
@@ -153,7 +153,7 @@ def exact_forward_kl_hessian(m, rho, a, s):
 
 
 def forward_kl_minimiser(a, s):
-    """Closed form (eq. 1.17): m* = E_p[x] = 0, sigma*^2 = Var_p[x] = s^2 + a^2."""
+    """Closed form (K.17): m* = E_p[x] = 0, sigma*^2 = Var_p[x] = s^2 + a^2."""
     return 0.0, 0.5 * math.log(s * s + a * a)
 
 

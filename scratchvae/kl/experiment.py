@@ -1,4 +1,4 @@
-"""Seed section 1.2 end to end, for ``run.py``: :func:`run_experiment` (figures, estimator
+"""The assignment's section 1.2 end to end, for ``run.py``: :func:`run_experiment` (figures, estimator
 variance and SNIS tables, metrics), the tables' statistics, and the stochastic (Adam) fits.
 
 Derivation: ``derivations/01-kl-direction.md``.  Every file is written atomically
@@ -31,7 +31,7 @@ def _summ(b, arr):
 def variance_table(b, a, s, points, *, n: int = 16, reps: int = 2000, key=("kl", "var")):
     """Gradient estimators of KL(q||p) at each (label, m, rho): mean, standard error and
     variance over ``reps`` independent estimates, each from ``n`` samples, against the exact
-    (quadrature) gradient.  Rows are JSON-able dicts."""
+    (quadrature) gradient.  Rows are JSON-able dicts.  [01-kl-direction.md#variance]"""
     target = TwoModeMixture(b, a, s)
     oracle = UnnormalisedDensity(target)
     rows = []
@@ -57,7 +57,7 @@ def variance_table(b, a, s, points, *, n: int = 16, reps: int = 2000, key=("kl",
 
 def snis_table(b, a, s, points, ns=(4, 16, 64, 256), *, reps: int = 400, key=("kl", "snis")):
     """Self-normalised IS estimates of KL(p||q) (scenario 3) at each (label, m, rho) and sample
-    size n: mean and standard error over ``reps`` estimates vs the exact value."""
+    size n: mean and standard error over ``reps`` estimates of (K.11) vs the exact value."""
     target = TwoModeMixture(b, a, s)
     oracle = UnnormalisedDensity(target)
     rows = []
@@ -124,7 +124,7 @@ def _write_text(path, text: str):
 
 def run_experiment(b, out_dir, *, a: float = 2.0, s: float = 0.5, seed: int = 0,
                    n_samples: int = 32, steps: int = 600, quick: bool = False) -> dict:
-    """Seed section 1.2 end to end.  Writes into ``out_dir``:
+    """The assignment's section 1.2 end to end.  Writes into ``out_dir``:
 
     kl_contours.png, kl_fits.png, kl_minima_vs_separation.png, kl_variance.md/.json,
     kl_snis.md, kl_metrics.json; returns the flat metrics dict (JSON-able)."""

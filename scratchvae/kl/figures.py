@@ -1,4 +1,4 @@
-"""Seed section 1 figures: the two KL landscapes with descent paths, the fitted q's on p, and
+"""The assignment's section 1 figures: the two KL landscapes with descent paths, the fitted q's on p, and
 the critical points of the reverse KL against the separation a/s.
 
 Drawn with :func:`scratchvae.plots._plt` and written atomically by

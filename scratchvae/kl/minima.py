@@ -1,7 +1,7 @@
-"""Seed section 1, host side: where the exact KLs of :mod:`scratchvae.kl.exact` have their
+"""The assignment's section 1, host side: where the exact KLs of :mod:`scratchvae.kl.exact` have their
 minima and critical points (NumPy float64).
 
-Derivation: ``derivations/01-kl-direction.md`` (equation numbers below refer to it).
+Derivation: ``derivations/01-kl-direction.md`` (the equation tags (K.n) below are its).
 
 Located minima of either KL, all critical points of the reverse KL, the fold separation where
 the off-centre minima of the reverse KL are born, the separation where they become global,
@@ -103,7 +103,8 @@ def minimise_from(kind, starts, a, s, *, iters: int = 300, tol: float = 1e-11):
 def locate_minima(kind, a, s, starts=None):
     """Local minima of the exact KL (``kind`` "reverse" = KL(q||p), "forward" = KL(p||q)) from
     several starts: :func:`minimise_from`, dedupe, and keep only points with a positive-definite
-    Hessian.  Returns dicts {m, rho, var, kl, global} sorted by m."""
+    Hessian.  Returns dicts {m, rho, var, kl, global} sorted by m.
+    [01-kl-direction.md#result-8]"""
     val, _, hess = _kind(kind)
     v, conv = minimise_from(kind, default_starts(a, s) if starts is None else starts, a, s)
     found = []
@@ -122,7 +123,8 @@ def locate_minima(kind, a, s, starts=None):
 def reverse_critical_points(a, s, n_m: int = 7, n_rho: int = 6, iters: int = 100):
     """All critical points of KL(q||p) (minima and saddles) by damped Newton on the gradient from
     a grid of starts with m >= 0 (mirrored: KL(q||p) is even in m), vectorised over starts.
-    Returns dicts {m, rho, var, kl, type} with type "min", "saddle" or "max"."""
+    Returns dicts {m, rho, var, kl, type} with type "min", "saddle" or "max".
+    [01-kl-direction.md#result-8]"""
     ms = np.linspace(0.0, 1.6 * a + s, n_m)
     rhos = math.log(s) + np.linspace(-0.7, math.log(1.0 + 2.0 * a / s) + 0.7, n_rho)
     M, P = np.meshgrid(ms, rhos, indexing="ij")
@@ -163,7 +165,7 @@ def reverse_critical_points(a, s, n_m: int = 7, n_rho: int = 6, iters: int = 100
 
 
 def centre_rho(a, s):
-    """argmin over rho of KL(q||p) on the symmetry line m = 0 (root of dR/drho, eq. 1.18)."""
+    """argmin over rho of KL(q||p) on the symmetry line m = 0 (root of dR/drho, (K.18))."""
     from scipy.optimize import minimize_scalar
 
     res = minimize_scalar(lambda r: float(exact_reverse_kl(0.0, r, a, s)),
@@ -176,7 +178,7 @@ def fold_separation():
     """The separation a/s below which the two off-centre minima of KL(q||p) do not exist.
 
     They are born in a fold (saddle-node) with the two saddles, away from m = 0: solve
-    grad R = 0 and det Hess R = 0 for (m, rho, a) with s = 1 (eq. 1.20), seeded from the
+    grad R = 0 and det Hess R = 0 for (m, rho, a) with s = 1 (K.20), seeded from the
     off-centre minimum and saddle at a/s = 3.  Returns {"ratio", "m_over_s", "sigma_over_s"}."""
     from scipy.optimize import fsolve
 
@@ -209,7 +211,7 @@ def _offcentre_minus_centre(r):
 
 
 def global_switch_separation(lo: float, hi: float = 4.0):
-    """The a/s above which the off-centre minima, not the central one, are global (eq. 1.21)."""
+    """The a/s above which the off-centre minima, not the central one, are global (K.21)."""
     from scipy.optimize import brentq
 
     return float(brentq(_offcentre_minus_centre, lo, hi, xtol=1e-10))

@@ -1,11 +1,13 @@
-"""The Gaussian-mixture VAE of seed §3 (VaDE; Jiang et al., 2017), written out by hand.
+"""The Gaussian-mixture VAE of the assignment's §3 (VaDE; Jiang et al., 2017), written out by hand.
 
-Generative model (seed §3, items 1-3):   c ~ Cat(pi),  z | c ~ N(mu_c, diag(var_c)),
-x | z ~ Bernoulli(f(z)) or N(mu_x, diag(sigma_x^2)).  Inference: q(z|x) from the encoder
-(mean-field or Cholesky head) and q(c|x) = gamma = p(c|z) (seed §3.3).
+Generative model (the assignment's §3, items 1-3; (M.1) of derivations/03-gmvae.md):
+c ~ Cat(pi),  z | c ~ N(mu_c, diag(var_c)), x | z ~ Bernoulli(f(z)) or N(mu_x, diag(sigma_x^2)).
+Inference: q(z|x) from the encoder (mean-field or Cholesky head) and q(c|x) = gamma = p(c|z)
+averaged over z ~ q(z|x) (the assignment's §3.3, (M.6)).
 
 The ELBO is the VAE's (models/vae.py) with the standard-normal prior swapped for
-:class:`~scratchvae.distributions.MixturePrior`, whose ``terms`` compute seed eq. 3.5 -- nothing
+:class:`~scratchvae.distributions.MixturePrior`, whose ``terms`` compute the closed-form terms
+of the assignment's §3.5 ((M.16)) -- nothing
 is re-derived here.  This file adds :class:`PretrainAE`, the autoencoder that starts the clustering
 recipe, and :class:`AnchoredGMVAE`, the warm-up with q(c|x) given; the host-side rest of the recipe
 (neighbour-graph partition, mixture and variance-head initialisation, collapse guard) is in
@@ -23,7 +25,7 @@ from .vae import VAE, VAEConfig
 class GMVAEConfig(VAEConfig):
     clusters: int = 10
     var_min: float = 1e-3          # floor of the component variances var_c
-    gamma: str = "sample"          # q(c|x): "sample" (seed §3.3) or "optimal" (coordinate ascent)
+    gamma: str = "sample"          # q(c|x): "sample" (§3.3, (M.6)) or "optimal" ((M.8))
 
     def vae_config(self) -> VAEConfig:
         d = asdict(self)
@@ -40,12 +42,14 @@ class GMVAE(VAE):
         self.cfg = cfg
 
     def gamma(self, params, x):
-        """q(c|x) at z = mu (the posterior mean): (B, K)."""
+        """q(c|x), the second factor of (M.2), at z = mu (the posterior mean): (B, K).  (M.6)
+        with the one sample z = mu."""
         post, _ = self.encode(params, x)
         return self.prior.responsibilities(self.b, params, post.mu[None, ...])[0, ...]
 
     def predict(self, params, X, batch: int = 1024):
-        """Cluster of each row: argmax_c q(c|x), as a host (NumPy) int array."""
+        """Cluster of each row: argmax_c q(c|x) of (M.6) at z = mu, as a host (NumPy) int array.
+        Labels are never read [05-clustering-recipe.md#no-step-uses-labels]."""
         xp = self.b.xp
         parts = [xp.argmax(self.gamma(params, X[i:min(i + batch, X.shape[0]), ...]), axis=-1)
                  for i in range(0, X.shape[0], batch)]
@@ -65,7 +69,7 @@ class PretrainAE:
     ``drop > 0`` makes it a denoising autoencoder (as in DEC/VaDE's stacked-AE pretraining): the
     encoder sees x~ = x * m / (1 - drop) with m_i ~ Bernoulli(1 - drop), the decoder must
     reconstruct the clean x.  The mask is part of the noise, so the loss stays a deterministic
-    function of (params, x, noise)."""
+    function of (params, x, noise).  [05-clustering-recipe.md#pretraining]"""
 
     kind = "ae"
 
@@ -110,10 +114,11 @@ class PretrainAE:
 
 class AnchoredGMVAE:
     """The GMVAE trained with a *given* q(c|x) instead of gamma = p(c|z): the anchored warm-up
-    of the clustering recipe.  The seed §3.2 ELBO bounds log p(x) for any q(c|x), so the loss
-    is still a negative ELBO; with q(c|x) fixed to a partition found on a neighbour graph, the
-    encoder and the mixture learn to make that partition's clusters Gaussian in z before the
-    seed's q(c|x) = p(c|z) takes over.  [03-gmvae.md#a-given-qcx-the-anchored-warm-up]
+    of the clustering recipe.  The ELBO of the assignment's §3.2 bounds log p(x) for any q(c|x)
+    (M.20), so the loss is still a negative ELBO; with q(c|x) fixed to a partition found on a
+    neighbour graph, the encoder and the mixture learn to make that partition's clusters
+    Gaussian in z before the assignment's q(c|x) = p(c|z) takes over.
+    [05-clustering-recipe.md#the-anchored-warm-up]
 
     The training rows carry their q(c|x): the data matrix is ``[x | q]`` of shape (N, D + K)
     (see :meth:`pack`), so the ordinary training loop shuffles both together."""

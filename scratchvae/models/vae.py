@@ -6,8 +6,8 @@
     ELBO(x) = 1/S sum_s log p(x | z_s)  +  reg(x)                    [00-backprop.md#elbo]
 
 ``reg`` comes from the prior (floor 3): -KL(q || N(0, I)) in closed form for the standard VAE,
-the seed's §3.5 mixture terms for the GMVAE.  The head is mean-field (``posterior="diag"``) or
-full-covariance (``posterior="cholesky"``, seed §2); both summarise q by (mu, var, logdet).
+the assignment's §3.5 mixture terms for the GMVAE.  The head is mean-field (``posterior="diag"``) or
+full-covariance (``posterior="cholesky"``, the assignment's §2); both summarise q by (mu, var, logdet).
 
 Normalisation (once, for every model): the loss is the *negative ELBO averaged over the batch*,
 each example's ELBO summed over data and latent dimensions, in nats.
@@ -78,14 +78,16 @@ class VAE:
         kw = {"q_c": noise["q_c"]} if "q_c" in noise else {}
         reg, prior_c = self.prior.terms(b, params, z, post, **kw)         # (B,)
         rec = xp.mean(ll, axis=0)                                          # (B,)  1/S sum_s
+        # (B.11.1); for the mixture prior the estimator (M.15) = rec + reg (M.16) of the ELBO
+        # (M.3), rec the SGVB average (M.11)
         elbo = rec + reg                                                   # (B,)
-        loss = -xp.mean(elbo)
+        loss = -xp.mean(elbo)                                              # (B.11.2), (M.17)
         cache = (S, B, enc_c, head_c, dec_c, lik_c, prior_c)
         aux = {"recon": -xp.mean(rec), "reg": -xp.mean(reg)}
         return loss, aux, cache, (z, post)
 
     def loss(self, params, x, noise):
-        """Negative ELBO, mean over the batch (a 0-d device array)."""
+        """Negative ELBO, mean over the batch (a 0-d device array), (B.11.2)."""
         return self._forward(params, x, noise)[0]
 
     def loss_and_grads(self, params, x, noise):
@@ -93,7 +95,7 @@ class VAE:
         b, xp = self.b, self.b.xp
         loss, aux, cache, _ = self._forward(params, x, noise)
         S, B, enc_c, head_c, dec_c, lik_c, prior_c = cache
-        # loss = -1/B sum_b [1/S sum_s ll_sb + reg_b]
+        # loss = -1/B sum_b [1/S sum_s ll_sb + reg_b]: the seeds (B.11.3), as under (M.17)
         dll = xp.full((S, B), -1.0 / (S * B), dtype=b.dtype, device=b.device)
         dreg = xp.full((B,), -1.0 / B, dtype=b.dtype, device=b.device)
         dout = self.lik.backward(b, dll, lik_c)                            # (S, B, Dout)
@@ -122,7 +124,8 @@ class VAE:
         return self.lik.mean(self.b, out)
 
     def log_weights(self, params, x, eps):
-        """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) for z_s = mu + L eps_s: (S, B)."""
+        """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) for z_s = mu + L eps_s: (S, B).
+        The importance weights of [00-backprop.md#elbo]; log q by (F.6)."""
         b, xp = self.b, self.b.xp
         S, B = eps.shape[0], x.shape[0]
         h, _ = self.encoder.forward(b, params, x)

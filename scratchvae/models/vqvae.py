@@ -4,7 +4,7 @@
              --nearest code--> k (B*M,)    z_q = z_e + sg[e_k - z_e]      (B*M, J)
              --reshape--> (B, M*J) --decoder MLP--> out --likelihood--> log p(x|z_q)   (B,)
 
-Loss (``derivations/04-vqvae.md`` eq. 4.7), per batch:
+Loss (``derivations/04-vqvae.md`` (V.7)), per batch:
 
     L = recon + codebook + beta * commit
     recon    = -(1/B) sum_b log p(x_b | z_q,b)                 (sum over the D data dims)
@@ -126,7 +126,7 @@ class VQVAE:
         E = params["codebook.E"]
         z_e, enc_c = self._encode(params, x)                               # (B*M, J)
         if frozen is None:
-            z_q, (k, e_k) = Q.quantize_forward(b, z_e, E)                  # (4.1), (4.2)
+            z_q, (k, e_k) = Q.quantize_forward(b, z_e, E)                  # (V.1), (V.2)
             z_e_sg, e_k_sg = z_e, e_k
         else:
             k = frozen["k"]
@@ -135,22 +135,22 @@ class VQVAE:
         out, dec_c = self.decoder.forward(b, params, xp.reshape(z_q, (B, self.M * self.J)))
         ll, lik_c = self.lik.loglik(b, x, xp.reshape(out, (1, B, out.shape[-1])))  # (1, B)
         recon = -xp.mean(ll)
-        # (4.4): the codebook term sees sg[z_e], the commitment term sg[e_k]
+        # (V.4): the codebook term sees sg[z_e], the commitment term sg[e_k]
         codebook, _, cb_c = Q.vq_losses(b, z_e_sg, e_k, B)
         _, commit, cm_c = Q.vq_losses(b, z_e, e_k_sg, B)
-        # (4.7)
+        # (V.7)
         loss = recon + self.w_codebook * codebook + self.cfg.beta * commit
         cache = (B, enc_c, dec_c, lik_c, cb_c, cm_c)
         return loss, recon, codebook, commit, z_e, k, cache
 
     def loss(self, params, x, noise=None):
-        """The VQ-VAE objective (4.7), mean over the batch (0-d device array).
-        [04-vqvae.md#eq-4-7]"""
+        """The VQ-VAE objective (V.7), mean over the batch (0-d device array).
+        [04-vqvae.md#eq-v7]"""
         return self._forward(params, x)[0]
 
     def freeze(self, params, x) -> dict:
         """The constants of the straight-through surrogate at ``params``: k, sg[e_k - z_e],
-        z_e and E."""
+        z_e and E -- frozen, the surrogate's exact derivative is (V.3)."""
         xp = self.b.xp
         z_e, _ = self._encode(params, x)
         E = params["codebook.E"]
@@ -159,18 +159,19 @@ class VQVAE:
 
     def surrogate_loss(self, params, x, frozen):
         """The surrogate whose exact gradient at the frozen point is what
-        :meth:`loss_and_grads` returns (the straight-through estimator, 4.3)."""
+        :meth:`loss_and_grads` returns (the straight-through estimator, (V.3))."""
         return self._forward(params, x, frozen)[0]
 
     def surrogate_fn(self, params, x):
-        """``f(p)`` for :func:`scratchvae.gradcheck.check_grads`, frozen at ``params``."""
+        """``f(p)`` for :func:`scratchvae.gradcheck.check_grads`, frozen at ``params``: the
+        surrogate of (V.2)-(V.3)."""
         frozen = self.freeze(params, x)
         return lambda p: self.surrogate_loss(p, x, frozen)
 
     def loss_and_grads(self, params, x, noise=None):
         """-> loss (0-d), grads {key: array}, aux {name: 0-d array, "_k", "_z_e", "_counts"}.
 
-        The hand backward pass of [04-vqvae.md#the-hand-backward-pass]."""
+        The hand backward pass of [04-vqvae.md#the-hand-backward-pass], of the objective (V.7)."""
         b, xp = self.b, self.b.xp
         loss, recon, codebook, commit, z_e, k, cache = self._forward(params, x)
         B, enc_c, dec_c, lik_c, cb_c, cm_c = cache
@@ -178,13 +179,13 @@ class VQVAE:
         dll = xp.full((1, B), -1.0 / B, dtype=b.dtype, device=b.device)
         dout = self.lik.backward(b, dll, lik_c)                            # (1, B, Dout)
         dz_q, grads = self.decoder.backward(b, xp.reshape(dout, (B, dout.shape[-1])), dec_c)
-        dz_e = Q.quantize_backward(b, xp.reshape(dz_q, (B * self.M, self.J)), None)  # (4.3)
-        dz_commit, _ = Q.vq_losses_backward(b, 0.0, self.cfg.beta, cm_c)  # (4.5) commitment
+        dz_e = Q.quantize_backward(b, xp.reshape(dz_q, (B * self.M, self.J)), None)  # (V.3)
+        dz_commit, _ = Q.vq_losses_backward(b, 0.0, self.cfg.beta, cm_c)  # (V.5) commitment
         dz_e = dz_e + dz_commit
         onehot = b.one_hot(k, self.K)                                      # (B*M, K)
         if self.cfg.codebook_update == "grad":
-            _, de_k = Q.vq_losses_backward(b, self.w_codebook, 0.0, cb_c)  # (4.5) codebook
-            grads["codebook.E"] = Q.codebook_grad(b, onehot, de_k)         # (4.6)
+            _, de_k = Q.vq_losses_backward(b, self.w_codebook, 0.0, cb_c)  # (V.5) codebook
+            grads["codebook.E"] = Q.codebook_grad(b, onehot, de_k)         # (V.6)
         _, genc = self.encoder.backward(b, xp.reshape(dz_e, (B, self.M * self.J)), enc_c,
                                         need_dx=False)
         grads.update(genc)
@@ -198,7 +199,7 @@ class VQVAE:
     def post_step(self, params, aux, step: int):
         """After the optimiser step: k-means initialisation (step 0, optional), the EMA codebook
         update, the usage counters and dead-code restarts.  In place on ``params``; device
-        arrays only (no host synchronisation)."""
+        arrays only (no host synchronisation).  [04-vqvae.md#dead-codes]"""
         b, xp, cfg = self.b, self.b.xp, self.cfg
         k, z, n_k = aux["_k"], aux["_z_e"], aux.get("_counts")
         if cfg.kmeans_init and step == 0:
@@ -208,7 +209,7 @@ class VQVAE:
             params["codebook.ema_sum"] = xp.zeros_like(params["codebook.ema_sum"])
             k = Q.nearest(b, z, params["codebook.E"])
             n_k = None                                   # the assignments changed
-        if cfg.codebook_update == "ema":                                    # (4.8)
+        if cfg.codebook_update == "ema":                                    # (V.8)
             state = Q.ema_update(b, {"E": params["codebook.E"],
                                      "count": params["codebook.ema_count"],
                                      "sum": params["codebook.ema_sum"]},
@@ -259,13 +260,14 @@ class VQVAE:
         """Metrics on device data X (N, D); one host transfer at the end.
 
         recon        mean over examples of -log p(x | z_q), nats
-        nll_bound    recon + M ln K  >= -log p(x) under the uniform prior (KL = M log K)
+        nll_bound    recon + M ln K  >= -log p(x) under the uniform prior (KL = M log K, (V.0))
         recon_mse    mean squared error of E[x | z_q] per data dimension
         quant_error  mean over examples of sum_{m,j} (z_e - e_k)^2
-        perplexity   exp(entropy) of the code frequencies over the whole of X      (4.10)
+        perplexity   exp(entropy) of the code frequencies over the whole of X      (V.10)
         usage        fraction of the K codes chosen at least once in X
         dead_codes   number of codes chosen by no vector of X
-        bits_per_dim code rate M log2 K / D"""
+        bits_per_dim code rate M log2 K / D
+        [04-vqvae.md#usage-metrics]"""
         b, xp = self.b, self.b.xp
         N = X.shape[0]
         counts = b.zeros((self.K,))
