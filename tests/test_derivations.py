@@ -241,6 +241,38 @@ def test_rendering_check_passes_the_replacements():
     assert not rendering_problems(NEW_LINES), rendering_problems(NEW_LINES)
 
 
+
+def cmark_changed_spans(text: str) -> list:
+    """Plain inline-math spans whose text GitHub's own Markdown engine (cmark-gfm) alters --
+    emphasis from ``*``/``_`` pairs across spans, eaten escapes -- and GitHub-form spans that do
+    not come out as ``$<code>...</code>$``."""
+    import html
+
+    cmarkgfm = pytest.importorskip("cmarkgfm")
+    from cmarkgfm.cmark import Options
+
+    out = cmarkgfm.github_flavored_markdown_to_html(text, options=Options.CMARK_OPT_UNSAFE)
+    plain = html.unescape(re.sub(r"<[^>]+>", "", out))
+    code = html.unescape(re.sub(r"</?code>", "", out))
+    bad = []
+    for kind, _, body in math_spans(text):
+        if kind == "plain" and f"${body}$" not in plain:
+            bad.append(body)
+        if kind == "github" and f"${body}$" not in code:
+            bad.append(body)
+    return bad
+
+
+@pytest.mark.parametrize("md", MD_FILES, ids=lambda p: p.name)
+def test_inline_math_text_survives_cmark_gfm(md):
+    """With cmark-gfm installed (``pip install cmarkgfm``; skipped otherwise): no inline formula
+    is changed by the Markdown pass.  Catches what the regular-expression check above cannot,
+    e.g. ``$\\rho^*_0$`` and ``$R_{mm}(0,\\rho^*_0)$`` in one paragraph, whose ``*`` pair
+    becomes emphasis."""
+    assert not cmark_changed_spans(md.read_text())
+    assert cmark_changed_spans("on $\\rho^*_0$ where $R_{mm}(0,\\rho^*_0)$ is")
+    assert not cmark_changed_spans("on $`\\rho^*_0`$ where $`R_{mm}(0,\\rho^*_0)`$ is")
+
 # --------------------------------------------------------------------------- equation tags
 # Every derivation tags its equations with its own prefix, so "(M.12)" names one equation of one
 # file, and never an assignment section (those are written "§3.5").
