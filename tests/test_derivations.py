@@ -103,15 +103,22 @@ def test_derivation_links_exist(md):
             continue
         if not (md.parent / target).resolve().exists():
             problems.append(f"missing file {target}")
-    # `path.py` `name` (optionally the path inside a markdown link)
-    pat = re.compile(r"(?:\[)?`((?:scratchvae|tests)/[\w/]+\.py)`(?:\]\([^)]*\))?\s+`([\w.]+)`")
-    for path, name in pat.findall(text):
+    # `path.py` `name`, `name2` ... (optionally the path inside a markdown link)
+    pat = re.compile(r"(?:\[)?`((?:scratchvae|tests|scripts)/[\w/]+\.py)`(?:\]\([^)]*\))?"
+                     r"((?:(?:\s*,\s*|\s+and\s+|\s+)`[\w.]+`)+)")
+    for path, names in pat.findall(text):
         f = ROOT / path
         if not f.exists():
             problems.append(f"missing file {path}")
             continue
-        if name not in defined_names(f):
-            problems.append(f"{path} has no {name}")
+        for name in re.findall(r"`([\w.]+)`", names):
+            if name not in defined_names(f):
+                problems.append(f"{path} has no {name}")
+    # every cited test, wherever its file is named
+    tests = set().union(*(defined_names(t) for t in (ROOT / "tests").glob("test_*.py")))
+    for name in re.findall(r"`(test_\w+)`", text):
+        if name not in tests:
+            problems.append(f"no test {name}")
     assert not problems, problems
 
 
