@@ -5,7 +5,7 @@
 variance head, the anchored warm-up); :func:`epoch_hook` is the collapse guard run after every
 epoch of that ELBO, and the label-only-for-reporting score.  The host-side steps they call are
 in ``scratchvae/cluster.py``; the models in ``scratchvae/models/gmvae.py``.  Labels never steer
-anything here.  [03-gmvae.md#the-clustering-recipe]
+anything here.  [05-clustering-recipe.md#the-steps]
 """
 from __future__ import annotations
 

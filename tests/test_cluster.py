@@ -1,5 +1,5 @@
 """The host-side clustering recipe (scratchvae/cluster.py): the consensus-graph partition and the
-mixture initialised from it.  [03-gmvae.md#the-clustering-recipe]"""
+mixture initialised from it.  [05-clustering-recipe.md#the-steps]"""
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score

@@ -339,7 +339,7 @@ def test_given_q_is_the_same_bound(b64, post):
         r = _random_q(b64, 6, 4, seed, seed % 2 == 0)
         reg_r, _ = ms.prior.terms(b64, p, z, q, q_c=r)
         assert np.all(b64.to_numpy(reg_r) <= b64.to_numpy(reg_o) + 1e-12)
-        # the gap is exactly KL(r || gamma*)   [03-gmvae.md#a-given-qcx-the-anchored-warm-up]
+        # the gap is exactly KL(r || gamma*)   [03-gmvae.md#any-qcx-gives-a-bound]
         rh = b64.to_numpy(r)
         kl = np.sum(np.where(rh > 0, rh * np.log(np.where(rh > 0, rh, 1.0) / g_star), 0.0), -1)
         np.testing.assert_allclose(b64.to_numpy(reg_o) - b64.to_numpy(reg_r), kl, rtol=1e-9, atol=1e-12)

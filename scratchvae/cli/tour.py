@@ -253,7 +253,7 @@ def _gmvae_section(c, g) -> list:
               f"{g.get('anchor_epochs', '')} anchored warm-up epochs; the final clusters agree "
               f"with the partition on {_f(g.get('partition_agreement'))} of the training rows "
               "(label-free) "
-              f"([`03-gmvae.md`]({rel}/derivations/03-gmvae.md#the-consensus-neighbour-graph)).", ""]
+              f"([`05-clustering-recipe.md`]({rel}/derivations/05-clustering-recipe.md#the-consensus-neighbour-graph)).", ""]
     for f_, alt in (("samples.png", "samples per component"), ("latent.png", "latent means"),
                     ("weights.png", "mixture weights"), ("clustering.png", "ACC/NMI over training")):
         p = os.path.join(out, "gmvae", f_)
