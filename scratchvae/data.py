@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,11 +150,23 @@ def _find_idx_files(name: str, data_dir: Path):
         found = []
         for base in IDX_FILES:
             candidates = (folder / f"{base}.gz", folder / base)
-            found.append(next((p for p in candidates if p.is_file()), None))
+            found.append(next((p for p in candidates if _exists(p)), None))
         if all(found):
             return found, None
         missing[folder] = [f"{b}.gz" for b, p in zip(IDX_FILES, found) if p is None]
     return None, missing
+
+
+def _exists(path: Path) -> bool:
+    """Whether something is at ``path`` (read_idx says what is wrong with a folder or FIFO);
+    a folder that cannot be searched is a DataError, not a PermissionError."""
+    try:
+        os.stat(path)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from exc
 
 
 def _load_idx_set(name: str, data_dir: Path, download_missing: bool) -> Dataset:
@@ -192,8 +206,17 @@ def _images_and_labels(image_path: Path, label_path: Path):
             f"{image_path}: expected unsigned-byte images of shape (N, H, W), got "
             f"{images.dtype} {images.shape}; is this the right file?"
         )
+    if 0 in images.shape:
+        raise DataError(f"{image_path}: holds {images.shape[0]} images of {images.shape[1]}x"
+                        f"{images.shape[2]} pixels; there is no data, fetch the file again")
     if labels.ndim != 1:
         raise DataError(f"{label_path}: expected labels of shape (N,), got {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{label_path}: labels are {labels.dtype} numbers; they must be integer "
+                        "class indices (IDX type 0x08, 0x09, 0x0B or 0x0C)")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{label_path}: labels must be non-negative class indices, found "
+                        f"{labels.min()}")
     if labels.shape[0] != images.shape[0]:
         raise DataError(
             f"{label_path} has {labels.shape[0]} labels but {image_path} has "
@@ -204,10 +227,22 @@ def _images_and_labels(image_path: Path, label_path: Path):
 
 def _load_arrays(path: Path, test_fraction, split_seed) -> Dataset:
     """The user's own features (and optional labels) from a .npy or .npz file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from exc
     if path.suffix not in (".npy", ".npz"):
+        if st is None and not path.parent.name:   # a bare word: a data set name mistyped
+            raise DataError(f"unknown data set {str(path)!r}; choose one of {', '.join(DATASETS)}, "
+                            "or give the path of your own .npy / .npz file")
         raise DataError(f"{path}: expected a .npy or .npz file, got {path.suffix or 'no extension'!r}")
-    if not path.is_file():
+    if st is None:
         raise DataError(f"{path}: no such file; check the path")
+    if not stat.S_ISREG(st.st_mode):                # a folder, or a FIFO that would block
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise DataError(f"{path}: {what}, not a {path.suffix} file; give the path of the file")
     y = None
     try:
         if path.suffix == ".npy":
@@ -225,7 +260,10 @@ def _load_arrays(path: Path, test_fraction, split_seed) -> Dataset:
                 y = None if y_key is None else npz[y_key]
     except DataError:
         raise
-    except Exception as exc:  # object arrays, pickles, corrupt zip, truncated header, I/O ...
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); check its "
+                        "permissions") from exc
+    except Exception as exc:  # object arrays, pickles, corrupt zip, truncated header ...
         if "Object arrays" in str(exc):
             raise DataError(
                 f"{path}: holds Python objects (dtype=object), which are not loaded for safety; "

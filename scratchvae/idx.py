@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import math
 import os
+import stat
 import tempfile
 import urllib.request
 import zlib
@@ -76,23 +77,50 @@ def read_idx(path) -> np.ndarray:
     """Parse an IDX file (gzipped when the name ends in .gz) into a native-endian array.
 
     Layout: two zero bytes, a type code, the number of dimensions ``k``; ``k`` big-endian
-    uint32 sizes; then the elements, row-major, big-endian.
+    uint32 sizes; then the elements, row-major, big-endian.  The file is streamed: at most the
+    size its header promises plus 1 MiB (to report trailing garbage) is ever read, so a small
+    gzip that expands to gigabytes is refused after reading what its header promised.
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        st = os.stat(path)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(
-                f"{path}: corrupt or incomplete gzip file ({exc}); delete it and download it again"
-            ) from exc
+    if not stat.S_ISREG(st.st_mode):   # a folder, or a FIFO that would block
+        raise DataError(f"{path}: {'a folder' if stat.S_ISDIR(st.st_mode) else 'not a regular file'}"
+                        ", not an IDX file")
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            return _parse_idx(path, f)
+    except DataError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(
+            f"{path}: corrupt or incomplete gzip file ({exc}); delete it and download it again"
+        ) from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 
+
+_EXTRA = 1 << 20   # bytes read past the promised end, to say how much garbage follows
+
+
+def _read_upto(f, n: int) -> bytes:
+    """Up to ``n`` bytes from ``f`` (fewer only at the end of the file)."""
+    parts, left = [], n
+    while left > 0:
+        chunk = f.read(min(left, 1 << 22))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _parse_idx(path: Path, f) -> np.ndarray:
+    raw = _read_upto(f, 4)
     if len(raw) < 4:
         raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, shorter than the header)")
     if raw[0] != 0 or raw[1] != 0:
@@ -104,22 +132,26 @@ def read_idx(path) -> np.ndarray:
     if code not in IDX_DTYPES:
         raise DataError(f"{path}: unknown IDX element type 0x{code:02X}")
     header = 4 + 4 * ndim
+    raw += _read_upto(f, header - 4)
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX file (header promises {ndim} dimensions)")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[code]
     expected = header + math.prod(shape) * dtype.itemsize
-    if len(raw) < expected:
+    body = _read_upto(f, expected - header + _EXTRA)
+    size = header + len(body)
+    if size < expected:
         raise DataError(
-            f"{path}: truncated IDX file ({len(raw)} bytes, the header {shape} promises "
+            f"{path}: truncated IDX file ({size} bytes, the header {shape} promises "
             f"{expected}); delete it and fetch it again"
         )
-    if len(raw) > expected:
+    if size > expected:
+        extra = f"{size - expected}" if size - expected < _EXTRA else "over 1 MiB of"
         raise DataError(
-            f"{path}: {len(raw) - expected} unexpected bytes after the data promised by the "
-            f"header {shape}; the file is damaged, fetch it again"
+            f"{path}: {extra} unexpected bytes after the data promised by the header {shape}; "
+            "the file is damaged, fetch it again"
         )
-    data = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=header)
+    data = np.frombuffer(body, dtype=dtype, count=math.prod(shape))
     return data.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
 

@@ -5,6 +5,8 @@
   log-sum-exp.  ``elbo`` is the mean of log w_s over the same samples (its k = 1 special case);
   ``recon`` is E_q[-log p(x|z)]; ``kl`` = recon - elbo, the MC estimate of KL(q || p).  All are
   means per example, in nats.  ``recon_mse`` is the per-pixel squared error of E[x | z = mu].
+* No NaN or inf is ever returned as a score: :func:`check_finite` raises a
+  :class:`~scratchvae.train.DivergenceError` instead.
 * Clustering (when labels exist): accuracy under the best one-to-one matching of clusters to
   labels (Hungarian algorithm, scipy), NMI and ARI (scikit-learn).
 """
@@ -35,8 +37,23 @@ def iwae_metrics(model, params, X, *, k: int = 100, batch: int = 256, rng_tag="e
         sums["recon_mse"] += float(xp.mean((mean - xb) ** 2)) * xb.shape[0]
     out = {key: v / N for key, v in sums.items()}
     out["kl"] = -out["elbo"] - out["recon"]
+    check_finite(out, "the held-out scores")
     out["iwae_k"] = k
     return out
+
+
+def check_finite(scores: dict, what: str = "the scores") -> dict:
+    """``scores`` unchanged if every number in it is finite, else a DivergenceError naming
+    them: a NaN or inf is never reported as a result."""
+    from .train import DivergenceError
+
+    bad = {k: v for k, v in scores.items() if isinstance(v, (float, np.floating))
+           and not math.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k} {v}" for k, v in bad.items())
+        raise DivergenceError(f"{what} are not finite ({shown}): the model gives NaN or inf on "
+                              "this data (diverged, or data far from what it was trained on)")
+    return scores
 
 
 def cluster_acc(y_true, y_pred) -> float:

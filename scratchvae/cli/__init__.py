@@ -69,18 +69,72 @@ def _one_line(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv=None) -> int:
+    """Run one command; every failure a user can act on is one line on stderr: bad input (a
+    ScratchVAEError) and divergence exit 2, as do a full disk, a missing permission or any other
+    OSError, and running out of memory; Ctrl-C (SIGINT) and SIGTERM stop the run, keep the
+    checkpoints written so far and say how to continue (exit 130 / 143)."""
+    import signal
+
     from ..errors import ScratchVAEError
+    from . import runs
 
     args = parse(argv)
     warnings.showwarning = _one_line
+    runs.OPENED.clear()
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:                   # not the main thread: leave signals alone
+        previous = None
     try:
         res, code = _run(args)
     except (ScratchVAEError, FloatingPointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (checkpoints written so far are kept; continue with --resume)",
-              file=sys.stderr)
-        return 130
-    print(json.dumps(res, default=str))
+        return _fail(exc)
+    except MemoryError:
+        return _fail("out of memory: the sizes asked for (--hidden, --samples, --iwae-k, "
+                     "--codes-per-input, --batch-size, --bench-batch, the data) need more memory "
+                     "than this machine has; choose smaller ones")
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}; fix that (free space, permissions, the "
+                     "path) and run again")
+    except KeyboardInterrupt as exc:
+        print(f"{'terminated' if isinstance(exc, _Terminated) else 'interrupted'}; "
+              f"{_kept(runs.OPENED)}", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    try:
+        text = json.dumps(res, default=str, allow_nan=False)
+    except ValueError:
+        return _fail("the result holds a NaN or inf, which is never reported as a success; the "
+                     "model diverged or gives NaN on this data")
+    print(text)
     return code
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is so that it unwinds like Ctrl-C."""
+
+
+def _sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _fail(exc) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _kept(folders) -> str:
+    """What an interrupted run leaves: its checkpoints and how to continue, or nothing."""
+    import os
+
+    kept = [os.path.join(d, f) for folder in folders for d, _, fs in os.walk(folder)
+            for f in fs if f == "checkpoint.npz"]
+    if not kept:
+        return "no checkpoint had been written, so nothing was kept; run again to start over"
+    more = f" (and {len(kept) - 1} more)" if len(kept) > 1 else ""
+    folder = os.path.dirname(kept[0])
+    return (f"checkpoint kept: {kept[0]}{more}; continue it with python run.py --resume {folder} "
+            "--epochs N (N the total)")

@@ -5,6 +5,7 @@ import os
 
 from ..estimators import load
 from ..errors import UsageError
+from ..metrics import check_finite
 from ..train import CheckpointError
 from .runs import checkpoint_path, get_data, resolve_source
 
@@ -36,5 +37,5 @@ def main(args) -> dict:
             raise UsageError(f"--iwae-k applies to models scored by importance sampling, not to "
                              f"a {est.kind}; drop it")
         est.set_params(iwae_k=args.iwae_k)
-    return {"model": est.kind, "checkpoint": ck, "data": args.data,
-            **est.evaluate(ds.x_test, ds.y_test)}
+    scores = check_finite(est.evaluate(ds.x_test, ds.y_test), f"the scores of {ck!r}")
+    return {"model": est.kind, "checkpoint": ck, "data": args.data, **scores}

@@ -55,6 +55,8 @@ def _number(kind, check):
             v = kind(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{s!r} is not {name}")
+        if v != v or v in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
         if not ok(v):
             raise argparse.ArgumentTypeError(f"must be {says}, got {v}")
         return v
