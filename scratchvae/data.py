@@ -166,7 +166,11 @@ def _exists(path: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from exc
+        raise DataError(f"{path}: cannot be read ({exc.strerror}){_hint(exc)}") from exc
+
+
+def _hint(exc: OSError) -> str:
+    return "; check its permissions" if isinstance(exc, PermissionError) else ""
 
 
 def _load_idx_set(name: str, data_dir: Path, download_missing: bool) -> Dataset:
@@ -232,7 +236,7 @@ def _load_arrays(path: Path, test_fraction, split_seed) -> Dataset:
     except FileNotFoundError:
         st = None
     except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from exc
+        raise DataError(f"{path}: cannot be read ({exc.strerror}){_hint(exc)}") from exc
     if path.suffix not in (".npy", ".npz"):
         if st is None and not path.parent.name:   # a bare word: a data set name mistyped
             raise DataError(f"unknown data set {str(path)!r}; choose one of {', '.join(DATASETS)}, "
@@ -261,8 +265,7 @@ def _load_arrays(path: Path, test_fraction, split_seed) -> Dataset:
     except DataError:
         raise
     except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); check its "
-                        "permissions") from exc
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}){_hint(exc)}") from exc
     except Exception as exc:  # object arrays, pickles, corrupt zip, truncated header ...
         if "Object arrays" in str(exc):
             raise DataError(

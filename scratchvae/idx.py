@@ -89,8 +89,8 @@ def read_idx(path) -> np.ndarray:
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if not stat.S_ISREG(st.st_mode):   # a folder, or a FIFO that would block
-        raise DataError(f"{path}: {'a folder' if stat.S_ISDIR(st.st_mode) else 'not a regular file'}"
-                        ", not an IDX file")
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise DataError(f"{path}: {what}, not an IDX file")
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             return _parse_idx(path, f)

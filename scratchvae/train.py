@@ -208,7 +208,7 @@ def atomic_write(path, write_fn, mode="wb"):
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:   # say which file (a full disk)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):   # name the file itself
             raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise
     try:                                       # and the rename itself (POSIX; best effort)
@@ -256,7 +256,7 @@ def load_checkpoint(path):
     raw = arrays.pop("__info__")
     try:
         info = json.loads(str(raw)) if raw.dtype.kind == "U" and raw.shape == () else None
-    except ValueError:
+    except (ValueError, RecursionError):      # not JSON, or nested past Python's stack
         info = None
     if not isinstance(info, dict):
         raise CheckpointError(f"{path!r}: its __info__ record is not a JSON object; the file is "
@@ -312,7 +312,7 @@ def _read_members(z, path) -> dict:
         if dtype.kind != want[0]:
             raise CheckpointError(f"{path!r}: {key} holds {dtype} values; {want[1]} expected")
         if end != i.file_size:
-            raise ValueError(f"{key}: its header promises {end} bytes, the member has {i.file_size}")
+            raise ValueError(f"{key}: its header promises {end} bytes, its member {i.file_size}")
         with z.open(i) as f:
             out[key] = np.lib.format.read_array(f, allow_pickle=False)
     return out

@@ -382,7 +382,7 @@ CRAFTED = {  # name -> (change_info, change_arrays, words of the message)
     "history without epoch": (_set(["history"], [{"loss": 1.0}]), None, "history record 1"),
     "history loss a string": (_set(["history", 0, "loss"], "x"), None, "history record 1"),
     "history of another batch size": (_set(["meta", "train_config", "batch_size"], 32), None,
-                                      "an epoch is 2 steps in its history but 7 for 200 rows in batches of 32"),
+                                      "an epoch is 2 steps in its history but 7 for 200 rows"),
     "Adam moment missing": (None, _arr(lambda a: a.pop("adam.m.encoder.0.W")),
                             "missing ['adam.m.encoder.0.W']"),
     "Adam state missing": (None, _arr(lambda a: [a.pop(k) for k in list(a) if "adam" in k]),
@@ -505,7 +505,8 @@ def test_checkpoints_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(os, "replace",
+                        lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
     atomic_write(tmp_path / "f.bin", lambda f: f.write(b"data"))
     assert calls[:2] == ["fsync", "replace"] and (tmp_path / "f.bin").read_bytes() == b"data"
 
@@ -623,3 +624,31 @@ def test_library_errors_are_value_errors_with_the_same_sentences(vae_run, tmp_pa
     with pytest.raises(DivergenceError):
         save_checkpoint(tmp_path / "n.npz", scratchvae.load(vae_run / "checkpoint.npz").backend_,
                         {"w": np.array([np.inf])}, None, 0, {})
+
+
+# ------------------------------------------------------------------ fresh attacks (beyond the audit)
+def test_fresh_attacks(vae_run, tmp_path, capsys):
+    """A checkpoint record nested past Python's stack, a NaN literal in its history, a run
+    folder whose metrics.json is a folder (named as itself, not as the temporary), a data path
+    that loops on itself, and a lock that is a folder: each one sentence."""
+    ck = shutil.copy(vae_run / "checkpoint.npz", tmp_path / "deep.npz")
+    with np.load(ck) as z:
+        arrays = {k: z[k] for k in z.files if k != "__info__"}
+    np.savez(ck, __info__=np.array("[" * 100_000 + "]" * 100_000), **arrays)
+    with pytest.raises(CheckpointError, match="not a JSON object"):
+        load_checkpoint(ck)
+    nan = _rewrite(shutil.copy(vae_run / "checkpoint.npz", tmp_path / "nan.npz"),
+                   change_info=_set(["history", 0, "loss"], float("nan")))
+    with pytest.raises(CheckpointError, match="history record 1"):
+        load_checkpoint(nan)
+    (tmp_path / "m" / "metrics.json").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError) as e:
+        runs.write_json(tmp_path / "m" / "metrics.json", {"a": 1})
+    assert e.value.filename == str(tmp_path / "m" / "metrics.json")
+    assert os.listdir(tmp_path / "m") == ["metrics.json"]
+    os.symlink(tmp_path / "loop.npy", tmp_path / "loop.npy")
+    with pytest.raises(DataError, match="Too many levels of symbolic links\\)$"):
+        load_dataset(path=tmp_path / "loop.npy")
+    (tmp_path / "L" / runs.LOCK).mkdir(parents=True)
+    _one_line(capsys, ["--model", "vae", "--epochs", "1", "--out", str(tmp_path / "L")] + TINY,
+              "Is a directory")

@@ -202,9 +202,9 @@ def _refuse_live_lock(path):
         except PermissionError:
             alive = True                   # another user's live process
     if alive:
-        raise UsageError(f"--out {path!r} is in use by another run (process {pid or '?'} on "
-                         f"{host or 'this machine'}); wait for it or choose another folder (if no "
-                         f"run is using it, delete {os.path.join(path, LOCK)})")
+        raise UsageError(f"the run folder {path!r} is in use by another run (process "
+                         f"{pid or '?'} on {host or 'this machine'}); wait for it or choose another "
+                         f"folder (if no run is using it, delete {os.path.join(path, LOCK)})")
 
 
 def resolve_source(args, meta=None):
