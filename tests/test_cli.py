@@ -336,3 +336,15 @@ def test_every_command_leaves_a_report_and_a_history(tmp_path):
     c = tmp_path / "c"
     assert main(["compare", "--seeds", "2", "--epochs", "1", "--out", str(c)] + small) == 0
     assert "fullcov_minus_vae" in _check_report(c) and (c / "compare-iwae_ll.png").exists()
+
+
+def test_config_fifo_and_figures_to_file_are_refused_before_work(tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(fifo)])
+    assert e.value.code == 2 and "is not a file" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    err = _err(capsys, ["--quick", "--quiet", "--figures-to", str(tmp_path / "afile"),
+                        "--out", str(tmp_path / "t")])
+    assert "--figures-to" in err and not (tmp_path / "t").exists()

@@ -263,6 +263,9 @@ def _config_block(argv) -> dict:
     else:
         return {}
     prog = "run.py" if os.path.basename(sys.argv[0]) != "scratchvae" else "scratchvae"
+    if path is None or not os.path.isfile(path):         # never open a FIFO or a folder
+        Parser(prog=prog).error(f"--config {path!r} is not a file; give a run's metrics.json or "
+                                "seeds.json")
     try:
         with open(path) as f:
             data = json.load(f)

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from ..backend import Backend
+from ..errors import UsageError
 from ..train import atomic_write
 from .options import chosen_options
 from .registry import entry
@@ -33,6 +34,11 @@ def main(args) -> dict:
     ds = get_data(args, likelihood)
     for est in stages.values():
         est.check(ds.x_train)                    # every stage's refusals before any output
+    dest = getattr(args, "figures_to", None)
+    if dest and (os.path.exists(dest) and not os.path.isdir(dest)
+                 or not os.access(os.path.dirname(os.path.abspath(dest)) or ".", os.W_OK)):
+        raise UsageError(f"--figures-to {dest!r} must be a folder that can be written (it is a "
+                         "file or its parent is not writable); name another folder")
     out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     with run_folder(out, args):
         return _tour(args, stages, ds, out)

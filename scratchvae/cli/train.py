@@ -73,10 +73,10 @@ def main(args) -> dict:
     resuming = resume_dir is not None and os.path.abspath(out) == resume_dir
     with run_folder(out, args, resuming=resuming):
         res = run_model(name, est, ds, out, args)
-    record = {**res, "config": config_record(args), "options": est.get_params(),
-              "versions": versions(), **est.backend_.describe(), "data": args.data,
-              "seed": est.options.random_state}
-    write_json(os.path.join(out, "metrics.json"), record)
+        record = {**res, "config": config_record(args), "options": est.get_params(),
+                  "versions": versions(), **est.backend_.describe(), "data": args.data,
+                  "seed": est.options.random_state}
+        write_json(os.path.join(out, "metrics.json"), record)     # still under the run's lock
     return {"out": out, **res, "report": os.path.join(out, "report.md")}
 
 

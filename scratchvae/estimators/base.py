@@ -11,6 +11,7 @@ with ``allow_pickle=False``), so a saved estimator resumes bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -332,7 +333,11 @@ class Estimator(BaseEstimator):
         if cls is not Estimator and not issubclass(target, cls):
             raise CheckpointError(f"{path!r} holds a {kind!r} model, not a {cls.__name__}; load "
                                   f"it with scratchvae.load or {target.__name__}.load")
-        est = target(**target.options_from_meta(meta))
+        try:
+            est = target(**target.options_from_meta(meta))
+            check_options(est.options)
+        except UsageError as exc:
+            raise CheckpointError(f"{os.fspath(path)!r} stores an invalid option: {exc}") from exc
         est.set_params(**overrides)            # a runtime override (backend, dtype) at load
         check_options(est.options)
         est._build(meta["model_config"]["D"])
