@@ -57,7 +57,7 @@ def test_mixture_prior_grad(b64, S, B, K, J, mode, one_hot, seed):
     """The mixture prior alone [03-gmvae.md#gradients-of-the-mixture-terms]: f = <dreg, reg> as a
     function of its inputs -- the samples z, the summary (mu, var = diag Sigma, logdet) of
     q(z|x), each an independent input here, and the parameters rho, mu_c, r_c -- against
-    five-point differences of every entry, with q(c|x) sampled (eq. 3.6), optimal (eq. 3.8)
+    five-point differences of every entry, with q(c|x) sampled (M.6), optimal (M.8)
     or given (R2, a soft or one-hot q_c).  z gets no gradient unless gamma is sampled."""
     prior = MixturePrior(K, J, gamma="optimal" if mode == "optimal" else "sample")
     r = b64.rng("prior-alone", seed)
@@ -127,7 +127,7 @@ def test_elbo_forms_3_2_and_3_3_agree(b64):
 
 @pytest.mark.parametrize("post", ["diag", "cholesky"])
 def test_eq_3_5_is_the_expectation_of_3_2(b64, post):
-    """The closed-form prior terms of eq. 3.5 (what the model trains on) equal the Monte Carlo
+    """The closed-form prior terms of the assignment's §3.5 result (what the model trains on) equal the Monte Carlo
     expectation of the §3.2 integrand's prior part, for the same gamma (CLT tolerance)."""
     m = model(b64, K=3, J=2, posterior=post, n_samples=2)
     p = randomise_prior(b64, m, m.init_params(b64.rng("i")), 2)
@@ -305,7 +305,7 @@ def _random_q(b, B, K, seed, one_hot):
        S=st.integers(1, 3), B=st.integers(1, 4), K=st.integers(1, 4), J=st.integers(1, 3),
        one_hot=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_anchored_loss_grad(b64, lik, post, S, B, K, J, one_hot, seed):
-    """The anchored warm-up's loss (eq. 3.5 with a given q(c|x)): every parameter, prior
+    """The anchored warm-up's loss (the §3.5 terms with a given q(c|x)): every parameter, prior
     included, against five-point differences (rel. err <= 1e-6)."""
     m = model(b64, K=K, J=J, likelihood=lik, posterior=post, n_samples=S)
     a = AnchoredGMVAE(m)
@@ -321,7 +321,7 @@ def test_anchored_loss_grad(b64, lik, post, S, B, K, J, one_hot, seed):
 
 @pytest.mark.parametrize("post", ["diag", "cholesky"])
 def test_given_q_is_the_same_bound(b64, post):
-    """Eq. 3.5 with q(c|x) given equals eq. 3.5 with gamma computed, when the given q is that
+    """The §3.5 terms with q(c|x) given equal the §3.5 terms with gamma computed, when the given q is that
     gamma; for any other q it is a lower bound, maximised by softmax(log pi - T/2); a one-hot q
     gives exactly -T_c/2 + log pi_c + (J + log det)/2."""
     ms = model(b64, K=4, J=3, posterior=post, n_samples=3)

@@ -106,7 +106,7 @@ def test_estimator_grad_matches_finite_differences(estimator, access, draw, m, r
 @FD
 @given(m=ms, rho=rhos, a=as_, s=ss, seed=seeds, baseline=st.sampled_from(kl.BASELINES))
 def test_score_function_grad_is_gradient_of_frozen_surrogate(m, rho, a, s, seed, baseline):
-    """grad = d/dphi mean(coef_i * log q(x_i; phi)) with coef = f - b and x frozen (eq. 1.8)."""
+    """grad = d/dphi mean(coef_i * log q(x_i; phi)) with coef = f - b and x frozen (K.8)."""
     oracle = kl.UnnormalisedDensity(kl.TwoModeMixture(B, a, s))
     eps = kl.draw_q_noise(B, B.rng(seed), (8,))
     p0 = _params(m, rho)
@@ -186,7 +186,7 @@ def test_quadrature_matches_adaptive_quad(m, rho, a, s):
 
 
 def test_p_moments_and_forward_closed_form():
-    """E_p[x] = 0, E_p[x^2] = s^2 + a^2 (eq. 1.15) from the quadrature, independently."""
+    """E_p[x] = 0, E_p[x^2] = s^2 + a^2 (K.15) from the quadrature, independently."""
     for a, s in [(2.0, 0.5), (0.3, 1.2), (5.0, 0.4)]:
         ex, ex2, _ = kl._p_moments(a, s)
         assert abs(ex) < 1e-12 and abs(ex2 - (s * s + a * a)) < 1e-11 * (s * s + a * a)
@@ -243,8 +243,9 @@ def test_reverse_kl_single_minimum_at_zero_for_small_separation(ratio):
 
 @pytest.mark.parametrize("ratio", [0.5, 1.5, 2.5, 4.0])
 def test_centre_curvature_is_inverse_variance(ratio):
-    """Stein: R_rho = -1 + sigma^2 R_mm, so at the best rho on m = 0, R_mm = 1/sigma^2 > 0:
-    the centre is a local minimum at every separation (eq. 1.19)."""
+    """Stein: R_rho = -1 + sigma^2 R_mm, so at the best rho on m = 0, R_mm = 1/sigma^2 > 0 at
+    every separation (proved, K.19); that R_rhorho > 0 too, so the centre is a local minimum,
+    is only found numerically (at the separations computed)."""
     rho0 = kl.centre_rho(ratio, 1.0)
     g = kl.exact_reverse_kl_grad(0.0, rho0, ratio, 1.0)
     H = kl.exact_reverse_kl_hessian(0.0, rho0, ratio, 1.0)
@@ -331,7 +332,7 @@ def test_scenario3_reverse_estimators_unbiased(m, rho):
 
 
 def test_score_function_baseline_must_leave_one_out():
-    """Including x_i in its own baseline scales the expectation by (n-1)/n (eq. 1.10): with
+    """Including x_i in its own baseline scales the expectation by (n-1)/n (K.10): with
     n = 2 the 'mean' baseline is detectably biased (by half the gradient), LOO is not."""
     t = kl.TwoModeMixture(B, A, S)
     m, rho = 1.0, -0.7
