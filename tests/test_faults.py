@@ -652,3 +652,21 @@ def test_fresh_attacks(vae_run, tmp_path, capsys):
     (tmp_path / "L" / runs.LOCK).mkdir(parents=True)
     _one_line(capsys, ["--model", "vae", "--epochs", "1", "--out", str(tmp_path / "L")] + TINY,
               "Is a directory")
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path, capsys):
+    """An estimate of parameters, Adam state and the widest activations against the free
+    memory: one sentence, exit 2, no folder -- before training, not after."""
+    from scratchvae.cli import main
+
+    for argv in (["--model", "vae", "--hidden", "1000000000"],
+                 ["--model", "vae", "--samples", "10000000"],
+                 ["--model", "vae", "--iwae-k", "1000000000"],
+                 ["--model", "vqvae", "--codes-per-input", "1000000"]):
+        out = tmp_path / "x"
+        assert main(argv + ["--quiet", "--out", str(out)]) == 2, argv
+        err = capsys.readouterr().err
+        assert "GiB" in err and "free" in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    assert main(["bench", "--bench-batch", "10000000", "--bench-steps", "1"]) == 2
+    assert "GiB" in capsys.readouterr().err

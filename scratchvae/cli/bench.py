@@ -107,6 +107,7 @@ def main(args) -> dict:
         runtime = {"dtype": "float32", **{k: explicit[k] for k in ("backend", "dtype",
                                                                    "random_state") if k in explicit}}
         est = e.make({**e.bench(explicit), **runtime})
+        est.check_memory(784, batch=args.bench_batch)
         est._build(784)
         r = bench_step(est.model_, est.backend_, args.bench_batch, args.bench_steps)
         o = est.options

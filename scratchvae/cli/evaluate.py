@@ -37,5 +37,6 @@ def main(args) -> dict:
             raise UsageError(f"--iwae-k applies to models scored by importance sampling, not to "
                              f"a {est.kind}; drop it")
         est.set_params(iwae_k=args.iwae_k)
+        est.check_memory(est.n_features_in_)
     scores = check_finite(est.evaluate(ds.x_test, ds.y_test), f"the scores of {ck!r}")
     return {"model": est.kind, "checkpoint": ck, "data": args.data, **scores}

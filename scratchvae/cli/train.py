@@ -59,6 +59,7 @@ def main(args) -> dict:
         if est.n_features_in_ != ds.D:
             raise CheckpointError(f"the checkpoint was trained on {est.n_features_in_} features "
                                   f"but {args.data!r} has {ds.D}; use the same data set")
+        est.check_memory(est.n_features_in_)
         resume_dir = os.path.dirname(os.path.abspath(ck))
     else:
         name = args.model

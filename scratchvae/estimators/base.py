@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator
 from ..backend import Backend
 from ..data import DataError, validate
 from ..errors import NotFittedError, UsageError
+from .memory import check_memory
 from ..options import check_options, make_options, plain, spell
 from ..train import (CheckpointError, TrainConfig, fit as train_fit, load_checkpoint, restore,
                      save_checkpoint)
@@ -226,6 +227,7 @@ class Estimator(BaseEstimator):
             self._check_same_data(Xh)
         else:
             self._check_data(Xh)
+            self.check_memory(Xh.shape[1])
             self._build(Xh.shape[1])
         Xd = self._device(Xh)
         t0 = time.perf_counter()
@@ -252,8 +254,15 @@ class Estimator(BaseEstimator):
             self._check_warm_start()
             self._check_same_data(self._check_X(X))
         else:
-            self._check_data(self._check_X(X, fresh=True))
+            Xh = self._check_X(X, fresh=True)
+            self._check_data(Xh)
+            self.check_memory(Xh.shape[1])
         return self
+
+    def check_memory(self, D: int, batch: int | None = None):
+        """Refuse, before anything is allocated, a model whose training or scoring would need
+        more memory than the machine has free (see :func:`.memory.check_memory`)."""
+        check_memory(self, D, batch)
 
     def _check_warm_start(self):
         """A warm start continues the same model: only the training budget may change."""
