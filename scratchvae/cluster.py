@@ -60,18 +60,16 @@ def knn_graph(F: np.ndarray, k: int):
     return A.maximum(A.T).tocsr()
 
 
-def spectral_clustering(A, K: int, *, seed: int = 0, report: dict | None = None) -> np.ndarray:
-    """Normalised spectral clustering of a symmetric non-negative sparse graph A (N, N) with
-    positive degrees (Ng, Jordan & Weiss, 2001): the K leading eigenvectors of
-    D^-1/2 A D^-1/2, each row scaled to unit length, then k-means (10 restarts, best inertia).
-    ``report`` (a dict), if given, receives the eigenvalues and the largest eigen-residual
-    ||M v - lambda v|| (a check that the iterative solver converged).
+def spectral_embedding(A, n: int, *, seed: int = 0, report: dict | None = None) -> np.ndarray:
+    """The ``n`` leading eigenvectors (N, n), largest eigenvalue first, of the normalised
+    adjacency M = D^-1/2 A D^-1/2 of a symmetric non-negative sparse graph A (N, N) with
+    positive degrees.  ``report`` (a dict), if given, receives the eigenvalues and the largest
+    eigen-residual ||M v - lambda v|| (a check that the iterative solver converged).
     [05-clustering-recipe.md#spectral-clustering]"""
     import warnings
 
     import scipy.sparse as sp
     from scipy.sparse.linalg import lobpcg
-    from sklearn.cluster import KMeans
 
     N = A.shape[0]
     d = np.asarray(A.sum(axis=1)).ravel()
@@ -79,36 +77,121 @@ def spectral_clustering(A, K: int, *, seed: int = 0, report: dict | None = None)
         raise ValueError("every node of the graph needs at least one edge")
     s = sp.diags(1.0 / np.sqrt(d))
     M = (s @ A @ s).tocsr()                     # M = D^-1/2 A D^-1/2
-    if N < 5 * K + 50:        # small (LOBPCG itself needs N >= 5K): dense eigendecomposition
+    if N < 5 * n + 50:        # small (LOBPCG itself needs N >= 5n): dense eigendecomposition
         w, V = np.linalg.eigh(M.toarray())
-        w, V = w[-K:], V[:, -K:]
+        w, V = w[-n:], V[:, -n:]
     else:
         # LOBPCG, a block method: a disconnected graph has eigenvalue 1 once per component, and
         # single-vector Lanczos (eigsh) can miss copies of a repeated eigenvalue.  Convergence
         # is checked below through the residuals, not through LOBPCG's warning.
-        X0 = np.random.default_rng(seed).standard_normal((N, K))
+        X0 = np.random.default_rng(seed).standard_normal((N, n))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             w, V = lobpcg(M, X0, largest=True, tol=1e-6, maxiter=500)
+    order = np.argsort(w)[::-1]
+    w, V = w[order], V[:, order]
     if report is not None:
         res = np.linalg.norm(M @ V - V * w[None, :], axis=0)
-        report["spectral_eigenvalues"] = np.sort(w)[::-1].tolist()
+        report["spectral_eigenvalues"] = w.tolist()
         report["spectral_max_residual"] = float(res.max())
-    # rows scaled to unit length, then k-means [05-clustering-recipe.md#spectral-clustering]
+    return V
+
+
+def _rows_kmeans(V, K: int, seed: int) -> np.ndarray:
+    """Rows of V scaled to unit length, then k-means (10 restarts, best inertia) into K."""
+    from sklearn.cluster import KMeans
+
     V = V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
     return KMeans(n_clusters=K, n_init=10, random_state=seed).fit_predict(V).astype(np.int64)
 
 
+def spectral_clustering(A, K: int, *, seed: int = 0, report: dict | None = None) -> np.ndarray:
+    """Normalised spectral clustering of a symmetric non-negative sparse graph A (N, N) with
+    positive degrees (Ng, Jordan & Weiss, 2001): the K leading eigenvectors of
+    D^-1/2 A D^-1/2 (:func:`spectral_embedding`), each row scaled to unit length, then k-means
+    (10 restarts, best inertia).  [05-clustering-recipe.md#spectral-clustering]"""
+    return _rows_kmeans(spectral_embedding(A, K, seed=seed, report=report), K, seed)
+
+
+def _cluster_graph(A, labels: np.ndarray) -> np.ndarray:
+    """W (C, C): W[a, b] = total edge weight between clusters a and b of ``labels``."""
+    import scipy.sparse as sp
+
+    n = len(labels)
+    P = sp.csr_matrix((np.ones(n), (np.arange(n), labels)), shape=(n, int(labels.max()) + 1))
+    return np.asarray((P.T @ A @ P).todense(), dtype=np.float64)
+
+
+def modularity(A, labels: np.ndarray) -> float:
+    """Newman's modularity of a partition of a weighted graph A:
+    Q = sum_c [ W_cc / 2m - (vol_c / 2m)^2 ], 2m = the total weight, vol_c = the weight of the
+    edges at c's nodes.  [05-clustering-recipe.md#over-clustering-and-merging]"""
+    W = _cluster_graph(A, np.asarray(labels))
+    two_m, vol = W.sum(), W.sum(axis=1)
+    return float(np.trace(W) / two_m - np.sum((vol / two_m) ** 2))
+
+
+def merge_by_modularity(A, labels: np.ndarray, K: int) -> np.ndarray:
+    """Merge the clusters of ``labels`` on graph A pairwise, greedily, until K remain: each time
+    the pair a, b whose merge raises the modularity most (dQ = 2 W_ab / 2m - 2 vol_a vol_b /
+    (2m)^2, taken even when negative).  Returns labels 0..K-1.
+    [05-clustering-recipe.md#over-clustering-and-merging]"""
+    labels = np.asarray(labels)
+    W = _cluster_graph(A, labels)
+    groups = [[c] for c in range(W.shape[0])]
+    two_m = W.sum()
+    while len(groups) > K:
+        vol = W.sum(axis=1)
+        gain = W / two_m - np.outer(vol, vol) / two_m ** 2
+        np.fill_diagonal(gain, -np.inf)
+        a, b = sorted(np.unravel_index(int(np.argmax(gain)), gain.shape))
+        W[a] += W[b]
+        W[:, a] += W[:, b]
+        W = np.delete(np.delete(W, b, axis=0), b, axis=1)
+        groups[a] += groups.pop(b)
+    lut = np.empty(sum(len(g) for g in groups), dtype=np.int64)     # fine cluster -> merged
+    for c, g in enumerate(groups):
+        lut[g] = c
+    return lut[labels]
+
+
+def overclustered_partition(A, K: int, over=(1, 2, 3, 4), *, seed: int = 0,
+                            report: dict | None = None) -> np.ndarray:
+    """K clusters of graph A: for each m in ``over``, spectral clustering into m K clusters (on
+    the leading m K eigenvectors of one eigen-solve), merged back to K by
+    :func:`merge_by_modularity`; the candidate of highest modularity wins (the smaller m on a
+    tie).  Fine clusters are purer than K-way ones, and merging by the graph joins the pieces
+    of one class that K-way spectral clustering splits while it lumps two others together.
+    Label-free.  [05-clustering-recipe.md#over-clustering-and-merging]"""
+    N = A.shape[0]
+    over = [m for m in over if m == 1 or m * K <= N // 4]
+    V = spectral_embedding(A, max(over) * K, seed=seed, report=report)
+    best = None
+    scores = {}
+    for m in over:
+        lab = _rows_kmeans(V[:, :m * K], m * K, seed)
+        if m > 1:
+            lab = merge_by_modularity(A, lab, K)
+        scores[m] = modularity(A, lab)
+        if best is None or scores[m] > scores[best[0]]:
+            best = (m, lab)
+    if report is not None:
+        report["partition_modularity"] = {str(m): q for m, q in scores.items()}
+        report["partition_overclustering"] = best[0]
+    return best[1]
+
+
 def graph_partition(X: np.ndarray, Z: np.ndarray, K: int, *, k: int = 10, seed: int = 0,
-                    weak: float = 1e-2):
+                    weak: float = 1e-2, over=(1, 2, 3, 4)):
     """Label-free partition of the N training rows into K clusters.
 
     Two k-NN graphs, one on the data X (N, D) and one on the latent means Z (N, J), are combined
     into the *consensus graph* A = A_x * A_z + weak (A_x + A_z): an edge has weight ~1 when both
     spaces call the pair neighbours, ``weak`` when only one does (which keeps every point
     connected).  If A falls into more than K connected pieces, k is doubled until it does not
-    (reported as ``graph_k``; ``graph_k_asked`` is the request).  :func:`spectral_clustering` of
-    A gives the partition.  Cost: two k-NN searches and one sparse eigenproblem.  Returns
+    (reported as ``graph_k``; ``graph_k_asked`` is the request).  :func:`overclustered_partition`
+    of A gives the partition.  Cost: two k-NN searches, one sparse eigenproblem (max(over) K
+    vectors) and len(over) k-means runs.  Returns
     (labels (N,), report)."""
     N = X.shape[0]
     if K > N:
@@ -133,19 +216,24 @@ def graph_partition(X: np.ndarray, Z: np.ndarray, K: int, *, k: int = 10, seed: 
     rep = {"graph_k": k, "graph_k_asked": k_asked, "graph_pieces": pieces,
            "graph_edges_data": int(Ax.nnz // 2),
            "graph_edges_latent": int(Az.nnz // 2), "graph_edges_consensus": int(both.nnz // 2)}
-    labels = spectral_clustering(A, K, seed=seed, report=rep)
+    labels = overclustered_partition(A, K, over, seed=seed, report=rep)
     rep["partition_sizes"] = np.bincount(labels, minlength=K).tolist()
     return labels, rep
 
 
 def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray, *,
-                                seed: int = 0) -> dict:
-    """One M-step of a diagonal Gaussian mixture on the latent means Z (N, J) with hard
-    responsibilities ``labels``: pi_c = N_c / N, mu_c = mean, var_c = variance (floored at
-    1.5 var_min).  A cluster with fewer than 2 members starts at a random code (drawn with
-    ``seed``) with the overall variance and a count of 1 before the weights are normalised
-    (the collapse guard may re-seed it later)."""
-    # (C.2): pi_c = N_c / N, mu_c = mean, var_c = max(scatter, 1.5 var_min)
+                                seed: int = 0, var_ratio: float = 0.01) -> dict:
+    """The mixture from a partition of the latent means Z (N, J): the weights and means of one
+    M-step with hard responsibilities ``labels`` (pi_c = N_c / N, mu_c = mean) and variances
+    ``var_ratio`` times the cluster's scatter (floored at 1.5 var_min).  Small component
+    variances make the prior's pull (z - mu_c) / var_c on the codes strong enough for the
+    anchored warm-up to make the partition's clusters Gaussian before the assignment's
+    q(c|x) = p(c|z) takes over; the ELBO then learns the variances (with ``var_ratio=1``, the
+    plain M-step, the MNIST subset lost 3 points of its partition in the first warm-up epoch).
+    A cluster with fewer than 2 members starts at a random code (drawn with ``seed``) with the
+    overall scatter and a count of 1 before the weights are normalised (the collapse guard may
+    re-seed it later).  [05-clustering-recipe.md#mixture-initialisation]"""
+    # (C.2): pi_c = N_c / N, mu_c = mean, var_c = max(rho * scatter, 1.5 var_min)
     b, prior = model.b, model.prior
     K, (N, J) = prior.K, Z.shape
     Z = Z.astype(np.float64)
@@ -159,11 +247,44 @@ def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray
             w[c], mu[c], var[c] = m.sum(), Z[m].mean(0), Z[m].var(0)
         else:
             w[c], mu[c], var[c] = 1.0, Z[rs.integers(N)], Z.var(0)
-    var = np.maximum(var, 1.5 * prior.var_min)
+    var = np.maximum(var_ratio * var, 1.5 * prior.var_min)
     params["prior.pi_logits"] = b.asarray(np.log(w / w.sum()))
     params["prior.mu_c"] = b.asarray(mu)
     params["prior.logvar_c"] = prior.raw_from_logvar(b, b.asarray(np.log(var)))
     return {"init_weights": (w / w.sum()).tolist()}
+
+
+def refit_mixture(model, params, X, labels: np.ndarray, opt=None, batch: int = 1024) -> dict:
+    """The M-step of the anchored bound (M.20) with q(c|x) = one-hot(``labels``), on the current
+    encoder: pi_c = N_c / N, mu_c = the mean of the cluster's posterior means, var_c = their
+    scatter plus the mean posterior variance (floored at 1.5 var_min).  Run after the anchored
+    warm-up, whose components started narrow (:func:`init_mixture_from_partition`): it hands
+    the ELBO stage components as wide as the codes they hold.  With ``opt`` (Adam) the prior's
+    moments are reset.  [05-clustering-recipe.md#the-anchored-warm-up]"""
+    b, prior = model.b, model.prior
+    mus, vs = [], []
+    for i in range(0, X.shape[0], batch):
+        post = model.encode(params, X[i:min(i + batch, X.shape[0]), ...])[0]
+        mus.append(b.to_numpy(post.mu))
+        vs.append(b.to_numpy(post.var))
+    Z, V = np.concatenate(mus).astype(np.float64), np.concatenate(vs).astype(np.float64)
+    K = prior.K
+    w = np.bincount(labels, minlength=K).astype(np.float64)
+    mu = b.to_numpy(params["prior.mu_c"]).astype(np.float64).copy()
+    var = np.exp(b.to_numpy(prior.logvar_c(b, params))).astype(np.float64)
+    for c in np.flatnonzero(w >= 2):          # a cluster with < 2 members keeps its component
+        m = labels == c
+        mu[c], var[c] = Z[m].mean(0), Z[m].var(0) + V[m].mean(0)
+    w = np.maximum(w, 1.0)
+    var = np.maximum(var, 1.5 * prior.var_min)
+    params["prior.pi_logits"] = b.asarray(np.log(w / w.sum()))
+    params["prior.mu_c"] = b.asarray(mu)
+    params["prior.logvar_c"] = prior.raw_from_logvar(b, b.asarray(np.log(var)))
+    if opt is not None:
+        for k in ("prior.pi_logits", "prior.mu_c", "prior.logvar_c"):
+            opt.m[k] = b.xp.zeros_like(params[k])
+            opt.v[k] = b.xp.zeros_like(params[k])
+    return {"refit_weights": (w / w.sum()).tolist()}
 
 
 def init_logvar_head(model, params, Z: np.ndarray, ratio: float = 0.01):

@@ -20,8 +20,12 @@ from .train import TrainConfig, fit
 
 @dataclass
 class ClusteringRecipe:
-    pretrain_epochs: int = option(30, "autoencoder pretraining epochs before the mixture is "
-                                      "fitted", check="nonneg")
+    pretrain_epochs: int = option(0, "autoencoder pretraining epochs before the mixture is "
+                                     "fitted; 0: as many as pretrain_steps needs",
+                                  check="nonneg")
+    pretrain_steps: int = option(6000, "autoencoder pretraining length in Adam steps when "
+                                       "pretrain_epochs is 0 (whole epochs, 30 to 300; 0 with "
+                                       "pretrain_epochs 0: no pretraining)", check="nonneg")
     pretrain_dropout: float = option(0.0, "input dropout of the (denoising) pretraining "
                                           "autoencoder", check="fraction")
     pretrain_lr: float = option(1e-3, "Adam learning rate of the pretraining", check="positive")
@@ -48,13 +52,14 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
     graph partition's labels, ``"codes"`` the pretrained latent means (host arrays),
     ``"history"`` the per-epoch records of each phase, and ``"optimizer"`` the Adam state."""
     from .cluster import (graph_partition, init_logvar_head, init_mixture_from_codes,
-                          init_mixture_from_partition)
+                          init_mixture_from_partition, refit_mixture)
     from .models.gmvae import PretrainAE
 
     t0 = time.perf_counter()
     rep = {"init": r.init}
-    if r.pretrain_epochs > 0:
-        pcfg = TrainConfig(epochs=r.pretrain_epochs, batch_size=batch_size, lr=r.pretrain_lr)
+    epochs = pretrain_epochs(r, X.shape[0], batch_size)
+    if epochs > 0:
+        pcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=r.pretrain_lr)
         _, popt, _, ph = fit(PretrainAE(model, drop=r.pretrain_dropout), params, X, pcfg,
                              desc="gmvae pretrain", progress=progress, rng_tag="pretrain")
         rep["optimizer"] = popt      # one optimiser through every phase (see _anchored_warm_up)
@@ -70,7 +75,8 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
         labels, grep_ = graph_partition(Xh.reshape(Xh.shape[0], -1), Z, model.prior.K,
                                         k=r.graph_k, seed=seed)
         rep.update(grep_)
-        rep.update(init_mixture_from_partition(model, params, Z, labels, seed=seed))
+        rep.update(init_mixture_from_partition(   # narrow components only for a warm-up
+            model, params, Z, labels, seed=seed, var_ratio=0.01 if r.anchor_epochs > 0 else 1.0))
         init_logvar_head(model, params, Z)
         rep["partition"] = labels
         if r.anchor_epochs > 0:
@@ -79,9 +85,25 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
                 rep.get("optimizer"))
             rep["anchor_loss"] = ah[-1]["loss"]
             rep.setdefault("history", {})["warm-up"] = ah
+            # the warm-up's components started narrow (C.2); the ELBO stage gets them as wide
+            # as the codes they now hold (C.3)
+            refit_mixture(model, params, X, labels, opt=rep.get("optimizer"))
         rep["anchor_epochs"] = r.anchor_epochs
     rep["recipe_seconds"] = time.perf_counter() - t0
     return rep
+
+
+def pretrain_epochs(r: ClusteringRecipe, n_rows: int, batch_size: int) -> int:
+    """The pretraining's epochs: ``r.pretrain_epochs`` when given, else enough whole epochs of
+    ``batch_size`` for ``r.pretrain_steps`` Adam steps, at least 30 and at most 300 (none when
+    both are 0).  A
+    step budget, not an epoch count, because the embedding improves with the number of updates:
+    30 epochs are 360 steps on the bundled digits but 16 000 on all of MNIST.
+    [05-clustering-recipe.md#pretraining-length]"""
+    if r.pretrain_epochs > 0 or r.pretrain_steps == 0:
+        return int(r.pretrain_epochs)
+    per_epoch = -(-int(n_rows) // int(batch_size))
+    return min(300, max(30, -(-int(r.pretrain_steps) // per_epoch)))
 
 
 def _anchored_warm_up(model, params, X, labels, epochs, batch_size, lr, progress, score,

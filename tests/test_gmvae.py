@@ -393,7 +393,23 @@ def test_gmvae_keeps_a_perfect_partition():
 
     X, y = make_blobs(1000, 20, centers=4, random_state=2)
     X = (X - X.min(0)) / (X.max(0) - X.min(0))
-    g = GMVAE(clusters=4, latent_dim=4).fit(X, y)
+    g = GMVAE(clusters=4, latent_dim=4, pretrain_epochs=30).fit(X, y)
     assert g.fit_info_["partition_acc"] == 1.0
     assert cluster_acc(y, g.labels_) == 1.0 and g.fit_info_["partition_agreement"] == 1.0
     assert all(h["partition_agreement"] == 1.0 for h in g.history_)
+
+
+def test_pretraining_is_budgeted_in_steps():
+    """Epochs for pretrain_steps Adam steps, rounded up and kept in [30, 300]; an explicit
+    pretrain_epochs wins; both 0: no pretraining."""
+    from scratchvae.recipe import ClusteringRecipe, pretrain_epochs
+
+    r = ClusteringRecipe()
+    assert (r.pretrain_epochs, r.pretrain_steps) == (0, 6000)
+    assert pretrain_epochs(r, 4000, 128) == 188          # 32 steps an epoch: ceil(6000 / 32)
+    assert pretrain_epochs(r, 1438, 128) == 300          # 12 steps an epoch: 500, capped
+    assert pretrain_epochs(r, 60000, 128) == 30          # 469 steps an epoch: 13, raised
+    assert pretrain_epochs(r, 50, 128) == 300            # one step an epoch
+    assert pretrain_epochs(ClusteringRecipe(pretrain_epochs=7), 4000, 128) == 7
+    assert pretrain_epochs(ClusteringRecipe(pretrain_steps=0), 4000, 128) == 0
+    assert pretrain_epochs(ClusteringRecipe(pretrain_steps=3200), 4000, 128) == 100
