@@ -56,10 +56,48 @@ def _table(rows: dict) -> list:
     return out + [""]
 
 
+# what each figure shows, as the report's caption under it (file name -> caption)
+CAPTIONS = {
+    "curve.png": "Training curves per epoch: the loss (negative ELBO; the VQ-VAE: its "
+                 "objective) and its terms on the training batches (lines), the same on the "
+                 "held-out split every few epochs (dots); GMVAE: pretraining, warm-up and "
+                 "ELBO phases in one timeline.",
+    "reconstructions.png": "Held-out inputs (top of each pair) and their reconstructions "
+                           "E[x | z = mu] (below), one input per class where labels exist.",
+    "samples.png": "Decoder means of samples from the prior (GMVAE: one row per component).",
+    "latent.png": "Held-out latent means in 2-D (t-SNE, or the latent itself when J = 2), "
+                  "coloured by assigned cluster and, beside it, by the true label.",
+    "confusion.png": "Clusters against labels after the Hungarian matching (held-out split): "
+                     "row = true label, column = matched cluster; the diagonal is ACC.",
+    "weights.png": "Mixture weights pi_c.",
+    "clustering.png": "ACC / NMI of the training split over training (labels only score).",
+    "vq_reconstructions.png": "Held-out inputs and their VQ-VAE reconstructions.",
+    "vq_samples.png": "Decoded code combinations drawn from the empirical code distribution "
+                      "of the training split (each position's code frequencies).",
+    "vq_atlas.png": "Decoded atlas: the most used codes, each placed at every position.",
+    "vq_usage.png": "Codebook usage on the training split, sorted; dashed: uniform.",
+    "vq_perplexity.png": "Codebook perplexity during training.",
+    "features.png": "Non-image data: held-out rows and their reconstructions, feature by "
+                    "feature (not drawn as images).",
+}
+
+
 def _figures(out, sub="") -> list:
     folder = os.path.join(out, sub)
     pngs = sorted(f for f in os.listdir(folder) if f.endswith(".png")) if os.path.isdir(folder) else []
-    return [f"![{os.path.splitext(f)[0]}]({os.path.join(sub, f) if sub else f})\n" for f in pngs]
+    return [f"![{os.path.splitext(f)[0]}]({os.path.join(sub, f) if sub else f})\n\n"
+            + (f"*{CAPTIONS[f]}*\n" if f in CAPTIONS else "") for f in pngs]
+
+
+def gmvae_phases(est) -> list:
+    """The GMVAE's --epochs counts only the last phase: say so where a reader looks."""
+    if est.kind != "gmvae":
+        return []
+    o = est.options
+    anchor = getattr(o, "anchor_epochs", 0) if getattr(o, "init", "graph") == "graph" else 0
+    return [f"Phases: {o.pretrain_epochs} pretraining epochs (--pretrain-epochs), {anchor} "
+            f"anchored warm-up epochs (--anchor-epochs), then {o.epochs} ELBO epochs "
+            "(--epochs counts only this last phase).", ""]
 
 
 def write(out, lines) -> str:
@@ -77,8 +115,10 @@ def train_report(out, args, res, est) -> str:
     lines += ["Held-out metrics (nats per example where a likelihood; clustering scores use the "
               "labels only to score):", ""]
     lines += _table({k: v for k, v in res.items() if k not in ("model", "pi")})
-    lines += ["Per-epoch record: [history.csv](history.csv); every number: "
-              "[metrics.json](metrics.json).", ""]
+    lines += gmvae_phases(est)
+    lines += ["Per-epoch record: [history.csv](history.csv) (loss and its terms, learning rate, "
+              "held-out loss every few epochs); every number: [metrics.json](metrics.json).", ""]
+    lines += [f"Note: {n}" for n in res.get("figure_notes", [])] + [""]
     return write(out, lines + _figures(out))
 
 
@@ -97,7 +137,27 @@ def seeds_report(out, args, record, sub_of) -> str:
     return write(out, lines)
 
 
-def eval_report(out, args, res) -> str:
+def eval_report(out, args, res, est) -> str:
+    """``eval``: the checkpoint's held-out metrics and its figures, drawn from the checkpoint."""
     lines = _header(f"scratchvae: evaluation of {res['model']}", args,
-                    [f"checkpoint `{res['checkpoint']}`"])
-    return write(out, lines + _table({k: v for k, v in res.items() if k != "checkpoint"}))
+                    [f"checkpoint `{res['checkpoint']}`", f"{res['n_train']} train / "
+                     f"{res['n_test']} test rows", f"seed {est.options.random_state}",
+                     f"backend `{est.options.backend}` ({est.options.dtype})"])
+    lines += ["Held-out metrics of the checkpoint (nats per example where a likelihood; "
+              "clustering scores use the labels only to score):", ""]
+    lines += _table({k: v for k, v in res.items() if k not in ("checkpoint", "model", "pi")})
+    lines += gmvae_phases(est)
+    lines += [f"Note: {n}" for n in res.get("figure_notes", [])] + [""]
+    return write(out, lines + _figures(out))
+
+
+def kl_report(out, args, res) -> str:
+    """``train --model kl``: the §1 study's numbers, figures and estimator-variance table."""
+    lines = _header("scratchvae: §1 KL direction", args, [f"seed {getattr(args, 'seed', 0) or 0}",
+                    "float64 quadrature"])
+    lines += _table(res)
+    vpath = os.path.join(out, "kl_variance.md")
+    if os.path.exists(vpath):
+        with open(vpath) as f:
+            lines += ["Gradient-estimator variance (reverse KL):", "", f.read(), ""]
+    return write(out, lines + _figures(out))

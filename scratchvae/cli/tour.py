@@ -19,6 +19,10 @@ from .runs import config_record, get_data, resolve_source, run_folder, versions,
 from .train import run_model
 
 STAGES = ("kl", "vae", "fullcov", "gmvae", "vqvae")      # in this order
+STAGE_TEXT = {"kl": "§1 KL direction (quadrature, critical points, estimator variance; no bar)",
+              "vae": "§2 mean-field VAE", "fullcov": "§2 full-covariance VAE, then the 2-D "
+              "mean-field and full-covariance VAEs", "gmvae": "§3 GMVAE (pretraining, graph "
+              "partition, anchored warm-up, ELBO)", "vqvae": "§4 VQ-VAE"}
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -50,14 +54,10 @@ def _tour(args, stages, ds, out) -> dict:
     results, seconds = {}, {}
     seed = stages["vae"].options.random_state
     backend = stages["vae"].options.backend
-    bar = None
-    if not args.quiet:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(STAGES, desc="tour", dynamic_ncols=True)
-    for stage in STAGES:
-        if bar is not None:
-            bar.set_description(f"tour: {stage}")
+    for i, stage in enumerate(STAGES):
+        if not args.quiet:                # a line per stage; each model's own bar shows its epochs
+            print(f"tour [{i + 1}/{len(STAGES)}] {stage}: {STAGE_TEXT[stage]}", file=sys.stderr,
+                  flush=True)
         sub = os.path.join(out, stage)
         os.makedirs(sub, exist_ok=True)
         t0 = time.perf_counter()
@@ -72,10 +72,9 @@ def _tour(args, stages, ds, out) -> dict:
         res["stage_seconds"] = seconds[stage]
         write_json(os.path.join(sub, "metrics.json"), res)
         results[stage] = res
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        if not args.quiet:
+            print(f"tour [{i + 1}/{len(STAGES)}] {stage}: done in {seconds[stage]:.1f} s",
+                  file=sys.stderr, flush=True)
     est = stages["vae"]
     prog = "scratchvae" if os.path.basename(sys.argv[0]) == "scratchvae" else "python run.py"
     header = {"command": " ".join([prog, *sys.argv[1:]]), "data": args.data,

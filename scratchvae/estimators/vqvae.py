@@ -42,6 +42,11 @@ class VQVAE(TransformerMixin, Estimator):
         bits_per_dim (see :meth:`scratchvae.models.vqvae.VQVAE.evaluate`)."""
         return self.model_.evaluate(self.params_, self._rows(X))
 
+    def _heldout_scores(self, params, Xe) -> dict:
+        """Held-out reconstruction (nats) and quantisation error (deterministic)."""
+        r = self.model_.evaluate(params, Xe)
+        return {"recon": r["recon"], "quant_error": r["quant_error"]}
+
     def score(self, X, y=None) -> float:
         """-nll_bound: a lower bound on the mean log-likelihood per example under the uniform
         prior over codes (higher is better)."""
