@@ -59,24 +59,51 @@ def _table(rows: dict) -> list:
 # what each figure shows, as the report's caption under it (file name -> caption)
 CAPTIONS = {
     "curve.png": "Training curves per epoch: the loss (negative ELBO; the VQ-VAE: its "
-                 "objective) and its terms on the training batches (lines), the same on the "
-                 "held-out split every few epochs (dots); GMVAE: pretraining, warm-up and "
-                 "ELBO phases in one timeline.",
+                 "objective) and its terms, as the mean over the epoch's training batches "
+                 "(lines; the parameters move during the epoch) and on the held-out split at "
+                 "the end of every few epochs (dots, one noise sample per row); the learning "
+                 "rate when it changes; GMVAE: pretraining (autoencoder loss), anchored warm-up "
+                 "and ELBO phases in one timeline.",
     "reconstructions.png": "Held-out inputs (top of each pair) and their reconstructions "
                            "E[x | z = mu] (below), one input per class where labels exist.",
     "samples.png": "Decoder means of samples from the prior (GMVAE: one row per component).",
-    "latent.png": "Held-out latent means in 2-D (t-SNE, or the latent itself when J = 2), "
-                  "coloured by assigned cluster and, beside it, by the true label.",
+    "latent.png": "Held-out latent means on their first two principal components (x: the "
+                  "component means), coloured by assigned cluster and by the true label.",
     "confusion.png": "Clusters against labels after the Hungarian matching (held-out split): "
                      "row = true label, column = matched cluster; the diagonal is ACC.",
     "weights.png": "Mixture weights pi_c.",
     "clustering.png": "ACC / NMI of the training split over training (labels only score).",
     "vq_reconstructions.png": "Held-out inputs and their VQ-VAE reconstructions.",
-    "vq_samples.png": "Decoded code combinations drawn from the empirical code distribution "
-                      "of the training split (each position's code frequencies).",
-    "vq_atlas.png": "Decoded atlas: the most used codes, each placed at every position.",
+    "vq_samples.png": "Decoded uniformly random code combinations (no learned prior over "
+                      "codes: why the VQ-VAE needs one).",
+    "vq_atlas.png": "Decoded atlas: row m is the typical input's codes with position m set to "
+                    "each of that position's most used codes.",
     "vq_usage.png": "Codebook usage on the training split, sorted; dashed: uniform.",
     "vq_perplexity.png": "Codebook perplexity during training.",
+    "tsne.png": "t-SNE (scikit-learn) of the held-out latent means, coloured by the assigned "
+                "cluster and, beside it, by the true label.",
+    "vq_samples_empirical.png": "Decoded codes drawn from their empirical frequencies on the "
+                                "training split, each position independently.",
+    "latent2d.png": "2-D latent, models side by side on shared axes: every held-out mean "
+                    "coloured by label, and the 2-sigma ellipses of q(z|x) for two inputs per "
+                    "class (mean-field: axis-aligned; full covariance: tilted).",
+    "manifold.png": "The decoders' manifolds: E[x | z] on a 15 x 15 grid of prior quantiles "
+                    "(5%..95%), models side by side.",
+    "ellipses-vae.png": "Mean-field q(z|x) in a 2-D latent (shared axes with the full-"
+                        "covariance figure).",
+    "ellipses-fullcov.png": "Full-covariance q(z|x) in a 2-D latent (shared axes with the "
+                            "mean-field figure).",
+    "kl_contours.png": "log10 of both KLs over q's (m, rho), with descent paths, minima and "
+                       "saddles.",
+    "kl_fits.png": "The target p (grey) and the Gaussian q at each minimum: forward KL, one "
+                   "wide q; reverse KL, each global minimum a separate q on one mode.",
+    "kl_minima_vs_separation.png": "Critical points of the reverse KL against the separation "
+                                   "a/s: where off-centre minima are born and become global.",
+    "seeds-acc.png": "Held-out ACC, one dot per seed; black bar: the mean.",
+    "seeds-iwae_ll.png": "Held-out iwae_ll, one dot per seed; black bar: the mean.",
+    "compare-iwae_ll.png": "Held-out iwae_ll per seed, mean-field vs full covariance, each "
+                           "seed's pair joined.",
+    "baselines-acc.png": "ACC on the training rows per seed, each method; black bar: the mean.",
     "features.png": "Non-image data: held-out rows and their reconstructions, feature by "
                     "feature (not drawn as images).",
 }
