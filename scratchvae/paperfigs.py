@@ -174,7 +174,7 @@ def embedding(Z, clusters, labels, path, title, max_points=2000, seed=0):
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
     if Z.shape[1] > 2:
         Y = TSNE(2, perplexity=min(30.0, max(2.0, (idx.size - 1) / 3)), init="pca",
-                 random_state=seed).fit_transform(Z[idx])
+                 max_iter=500, random_state=seed).fit_transform(Z[idx])
         axis = ("t-SNE 1", "t-SNE 2")
     else:
         Y, axis = Z[idx], ("$z_1$", "$z_2$")

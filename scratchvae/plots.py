@@ -18,12 +18,26 @@ def _plt():
     return plt
 
 
-def save_fig(fig, path, dpi=150):
-    """Write a figure to ``path`` via a temporary file in the same folder (never half-written)."""
+def save_fig(fig, path, dpi=150, palette=False):
+    """Write a figure to ``path`` via a temporary file in the same folder (never half-written).
+    ``palette``: store it with 256 colours (a filled contour plot at 150 dpi is 3x smaller).
+    A figure with the constrained layout is saved as laid out (no second "tight" pass)."""
     from .train import atomic_write
 
     plt = _plt()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    tight = None if fig.get_layout_engine() is not None else "tight"
+    if palette:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches=tight)
+        buf.seek(0)
+        im = Image.open(buf).convert("RGB").quantize(256)
+        atomic_write(path, lambda f: im.save(f, format="PNG", optimize=True))
+    else:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches=tight))
     plt.close(fig)
     return os.fspath(path)
 

@@ -123,9 +123,9 @@ def copy_figures(out, dest):
 def ellipse_figures(args, ds, out, per_class=2) -> dict:
     """Train a 2-D-latent mean-field and full-covariance VAE (same seed and budget) and draw,
     on shared axes, every test input's posterior mean coloured by label with the 2-sigma
-    ellipses of q(z|x) for ``per_class`` inputs of each class: each model alone
-    (``ellipses-<model>.png``, what the derivation embeds) and side by side
-    (``latent2d.png``), and the two decoders' manifolds side by side (``manifold.png``)."""
+    ellipses of q(z|x) for ``per_class`` inputs of each class, side by side (``latent2d.png``;
+    with ``--figures-to``, each model alone too: ``ellipses-<model>.png``, what the derivation
+    embeds), and the two decoders' manifolds side by side (``manifold.png``)."""
     from .. import paperfigs as P
 
     info, models, decoders = {}, {}, {}
@@ -159,8 +159,11 @@ def ellipse_figures(args, ds, out, per_class=2) -> dict:
     what = (f"q(z|x) in a 2-D latent: all {ds.x_test.shape[0]} test means (dots), 2-sigma "
             f"ellipses of {per_class} per class")
     for name, kind in (("vae", "mean-field"), ("fullcov", "full covariance")):
-        P.latent_2d({kind: models[kind]}, ds.y_test, info[name]["figure"],
-                    f"{kind} {what}", per_class=per_class, lim=lim)
+        if getattr(args, "figures_to", None):    # each alone: what the derivation embeds
+            P.latent_2d({kind: models[kind]}, ds.y_test, info[name]["figure"],
+                        f"{kind} {what}", per_class=per_class, lim=lim)
+        else:
+            info[name]["figure"] = os.path.join(out, "latent2d.png")
     P.latent_2d(models, ds.y_test, os.path.join(out, "latent2d.png"),
                 f"mean-field vs full covariance, {what}", per_class=per_class, lim=lim)
     if ds.image_shape is not None:

@@ -112,8 +112,7 @@ def _fullcov_section(c, R) -> list:
         corr = ", ".join(f"{n} {_f(e.get('mean_abs_corr_test'))}" for n, e in ell.items())
         ll = ", ".join(f"{n} {_f(e.get('iwae_ll_2d'))}" for n, e in ell.items())
         L += ["**A 2-D latent** (the same two models with J = 2, same seed and budget): mean "
-              f"|correlation| of q(z|x) over the test set {corr}; held-out iwae_ll {ll} (each "
-              "model alone: `fullcov/ellipses-vae.png`, `fullcov/ellipses-fullcov.png`).", ""]
+              f"|correlation| of q(z|x) over the test set {corr}; held-out iwae_ll {ll}.", ""]
         L += _figs(c, "fullcov", [("latent2d.png", "2-D posteriors side by side"),
                                   ("manifold.png", "decoder manifolds side by side")])
     return L

@@ -26,7 +26,7 @@ def plot_contours(path, a, s, minima_rev, saddles_rev, minima_fwd, gd_paths, sgd
     ms = np.linspace(-1.7 * a - s, 1.7 * a + s, grid)
     rhos = np.linspace(math.log(s) - 1.3, math.log(math.sqrt(s * s + a * a)) + 0.9, grid)
     M, P = np.meshgrid(ms, rhos)
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), constrained_layout=True)
     panels = [("reverse", "reverse KL(q‖p): mode-seeking", exact_reverse_kl(M, P, a, s), minima_rev,
                saddles_rev),
               ("forward", "forward KL(p‖q): mode-covering", exact_forward_kl(M, P, a, s), minima_fwd,
@@ -60,7 +60,7 @@ def plot_contours(path, a, s, minima_rev, saddles_rev, minima_fwd, gd_paths, sgd
         ax.set_title(f"{title}\np = ½N(−{a:g}, {s:g}²) + ½N({a:g}, {s:g}²)")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=9,
                   facecolor="0.7", framealpha=1.0)
-    return save_fig(fig, path, dpi=150)
+    return save_fig(fig, path, dpi=150, palette=True)
 
 
 def plot_fits(path, a, s, minima_rev, minima_fwd):
