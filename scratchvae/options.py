@@ -58,7 +58,10 @@ def spell(name: str, meta=None) -> str:
 
 @dataclass
 class TrainOptions:
-    epochs: int = option(60, "training epochs (GMVAE: the final ELBO phase)", check="positive")
+    epochs: int = option(60, "training epochs (GMVAE: only the final ELBO phase; its "
+                         "pretraining and anchored warm-up epochs are separate options: "
+                         "pretrain_epochs (--pretrain-epochs) and anchor_epochs "
+                         "(--anchor-epochs))", check="positive")
     batch_size: int = option(128, "minibatch size", check="positive")
     lr: float = option(1e-3, "Adam learning rate", check="positive")
     lr_decay: float = option(1.0, "multiply the learning rate by this every decay_every epochs",

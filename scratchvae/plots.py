@@ -35,7 +35,7 @@ def save_fig(fig, path, dpi=150, palette=False):
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches=tight)
         buf.seek(0)
         im = Image.open(buf).convert("RGB").quantize(256)
-        atomic_write(path, lambda f: im.save(f, format="PNG", optimize=True))
+        atomic_write(path, lambda f: im.save(f, format="PNG", optimize=True, dpi=(dpi, dpi)))
     else:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches=tight))
     plt.close(fig)

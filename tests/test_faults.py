@@ -81,7 +81,7 @@ def test_eval_reads_a_vqvae_checkpoint(tmp_path, capsys):
     assert main(["--model", "vqvae", "--epochs", "1", "--hidden", "8", "--limit", "200",
                  "--quiet", "--out", str(out)]) == 0
     capsys.readouterr()
-    rc, err, text = _run(capsys, ["eval", "--resume", str(out)])
+    rc, err, text = _run(capsys, ["eval", "--resume", str(out), "--out", str(tmp_path / "ev")])
     assert rc == 0, err
     res = json.loads(text)
     assert res["model"] == "vqvae" and np.isfinite(res["recon"])
