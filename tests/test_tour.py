@@ -40,8 +40,9 @@ def test_quick_tour_report(tmp_path):
     assert f"{m['gmvae']['acc']:.3f}" in report
 
 
-def test_quick_tour_on_array_api_strict(tmp_path):
-    """Every stage runs on array-api-strict: nothing outside the array API standard."""
+def test_quick_tour_on_array_api_strict(tmp_path, no_drawing):
+    """Every stage runs on array-api-strict: nothing outside the array API standard (the
+    figures are host-side NumPy, drawn and checked by the test above)."""
     out = tmp_path / "strict"
     assert main(["--quick", "--quiet", "--backend", "strict", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
