@@ -70,14 +70,17 @@ def curves(phases, path, title, terms=(("recon", "reconstruction"), ("reg", "KL 
         axes[2].set_ylabel("learning rate")
     from matplotlib.ticker import MaxNLocator
 
+    shades = ("#e8eef7", "#f7efe2", "#ffffff")
+    if len(bounds) > 1:
+        fig.supxlabel("phases (shaded, dashed lines between): " + ", ".join(
+            f"epochs {a + 1}-{b} {PHASE_NAMES.get(n, n)}" for n, a, b in bounds), fontsize=10)
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        for k, (name, a, b) in enumerate(bounds):
-            if len(bounds) > 1:
+        if len(bounds) > 1:                      # each phase on its own background
+            for k, (name, a, b) in enumerate(bounds):
+                ax.axvspan(a + 0.5, b + 0.5, color=shades[k % len(shades)], zorder=0, lw=0)
                 if k:
                     ax.axvline(a + 0.5, color="0.4", ls="--", lw=1)
-                ax.text((a + b) / 2 + 0.5, 1.0, PHASE_NAMES.get(name, name), ha="center",
-                        va="bottom", fontsize=8, color="0.3", transform=ax.get_xaxis_transform())
         ax.set_xlabel("epoch" + (" (all phases in order)" if len(bounds) > 1 else ""))
         ax.grid(alpha=0.3)
     for ax in axes[:2]:

@@ -105,8 +105,8 @@ def vqvae(est, ds, out, data_name) -> dict:
     res = {"train": est.model_.evaluate(est.params_, est.backend_.asarray(ds.x_train))}
     P.curves(_phases(est), os.path.join(out, "curve.png"),
              f"vqvae on {data_name}: recon + codebook + beta commit, per epoch",
-             terms=(("recon", "reconstruction"), ("commit", "commitment ||z_e - sg[e]||^2"),
-                    ("quant_error", "quantisation error")), loss_label="VQ-VAE objective")
+             terms=(("recon", "reconstruction"),
+                    ("commit", "commitment ||z_e - sg[e]||^2")), loss_label="VQ-VAE objective")
     if ds.image_shape is None:
         _curve_and_reconstructions_vq(est, ds, out)
         res["figure_notes"] = ["the data are not images; reconstructions are drawn feature by "

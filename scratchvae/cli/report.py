@@ -41,7 +41,8 @@ def _header(title, args, extra=()) -> list:
     prog = "scratchvae" if os.path.basename(sys.argv[0]) == "scratchvae" else "python run.py"
     cmd = " ".join([prog, *sys.argv[1:]]) if sys.argv and sys.argv[0] else f"{prog} ..."
     return [f"# {title}", "", f"Command `{cmd}`.", "",
-            f"Data `{getattr(args, 'data', None)}`"
+            (f"Data `{args.data}`" if getattr(args, "data", None) else "No data set (the §1 "
+             "study of two 1-D Gaussians)")
             + (f" (first {args.limit} rows of each split)" if getattr(args, "limit", None) else "")
             + "; " + "; ".join(extra) + ".", "",
             f"Machine: {v['platform']}, {v['cpus']} CPUs; Python {v['python']}, NumPy {v['numpy']}"

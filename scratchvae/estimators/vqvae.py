@@ -43,9 +43,10 @@ class VQVAE(TransformerMixin, Estimator):
         return self.model_.evaluate(self.params_, self._rows(X))
 
     def _heldout_scores(self, params, Xe) -> dict:
-        """Held-out reconstruction (nats) and quantisation error (deterministic)."""
+        """Held-out reconstruction (nats) and commitment ||z_e - e_k||^2 (the quantisation
+        error; deterministic)."""
         r = self.model_.evaluate(params, Xe)
-        return {"recon": r["recon"], "quant_error": r["quant_error"]}
+        return {"recon": r["recon"], "commit": r["quant_error"]}
 
     def score(self, X, y=None) -> float:
         """-nll_bound: a lower bound on the mean log-likelihood per example under the uniform
