@@ -88,6 +88,7 @@ def main(args) -> dict:
         report.seeds_report(out, args, {
             "title": "the GMVAE beside its baselines (training rows, ACC)",
             "summary": {m: summary[m]["acc"] for m in summary}, "runs": per,
-            "extra": [f"seeds 0-{n - 1}", f"{record['n_train']} training rows"]}, lambda r: None)
+            "extra": [f"seeds 0-{n - 1}", f"{record['n_train']} training rows"],
+            "notes": report.gmvae_phases(est)}, lambda r: None)
     return {"out": out, "report": os.path.join(out, "report.md"), **{m: {k: round(summary[m][k]["mean"], 4) for k in ("acc", "nmi", "ari")}
                            for m in summary}}

@@ -55,6 +55,9 @@ def gmvae(est, ds, out, data_name) -> dict:
     from ..metrics import clustering_metrics
 
     notes = _curve_and_reconstructions(est, ds, out, data_name)
+    if not getattr(est, "phase_history_", None):
+        notes.append("curve.png shows the ELBO phase only: a checkpoint keeps that phase's "
+                     "history (the training run's history.csv has pretraining and warm-up too)")
     m, b, params = est.model_, est.backend_, est.params_
     track = est.__dict__.get("tracking_", {})
     pi = est.weights_

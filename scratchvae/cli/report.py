@@ -158,10 +158,12 @@ def seeds_report(out, args, record, sub_of) -> str:
     for k, s in record["summary"].items():
         lines.append(f"| {k} | {_fmt(s['mean'])} | {_fmt(s['std'])} | "
                      f"{', '.join(_fmt(v) for v in s['values'])} |")
-    lines += ["", *_figures(out)]
-    subs = [sub_of(r) for r in record["runs"]]
-    lines += ["Runs: " + ", ".join(f"[{s}]({s}/report.md)" for s in subs if s
-                                   and os.path.exists(os.path.join(out, s, "report.md"))), ""]
+    lines += ["", *record.get("notes", []), *_figures(out)]
+    subs = [s for s in (sub_of(r) for r in record["runs"])
+            if s and os.path.exists(os.path.join(out, s, "report.md"))]
+    if subs:                   # each run's own report: its curves, reconstructions, samples
+        lines += ["Runs (each with its report, history.csv and figures): "
+                  + ", ".join(f"[{s}]({s}/report.md)" for s in subs), ""]
     return write(out, lines)
 
 
