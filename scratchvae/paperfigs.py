@@ -113,7 +113,7 @@ def reconstructions_or_features(x, xr, y, image_shape, path, title) -> str | Non
                    col_labels=[str(int(y[i])) for i in idx] if y is not None else None)
         return None
     feature_rows(x[idx[:4]], xr[idx[:4]], path, title, lab[:4] if lab else None)
-    return ("the data are not images (the feature count is not a square); reconstructions are "
+    return ("the data are not images (a table of features); reconstructions are "
             "drawn feature by feature (features.png), and samples are not drawn")
 
 
@@ -129,7 +129,11 @@ def feature_rows(x, xr, path, title, labels=None):
         ax.plot(f, xr[i], "s--", ms=3, color="tab:orange", label="reconstruction")
         ax.set_ylabel(labels[i] if labels else f"row {i}", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=9, loc="upper right")
+    from matplotlib.ticker import MaxNLocator
+
+    axes[0, 0].legend(fontsize=9, ncol=2, loc="lower right", bbox_to_anchor=(1.0, 1.0),
+                      frameon=False)                 # above the first panel, over no data
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1, 0].set_xlabel("feature index")
     fig.suptitle(title, fontsize=12)
     return save_fig(fig, path, dpi=DPI)

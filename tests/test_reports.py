@@ -102,3 +102,19 @@ def test_gmvae_epochs_help_names_the_other_phases(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--pretrain-epochs" in help_text and "--anchor-epochs" in help_text
     assert "only the final ELBO phase" in help_text
+
+
+def test_what_is_drawn_as_an_image(tmp_path):
+    """Stored as images (N, H, W): images of that shape, square or not; a table (N, D): an
+    image only for D = s^2 with every value a [0, 1] intensity, never for standardised
+    features."""
+    from scratchvae.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    cases = {"wide.npy": (rng.random((40, 3, 5)), (3, 5)),
+             "pixels.npy": (rng.random((40, 16)), (4, 4)),
+             "table.npy": (rng.normal(size=(40, 16)), None),
+             "odd.npy": (rng.random((40, 20)), None)}
+    for name, (x, shape) in cases.items():
+        np.save(tmp_path / name, x)
+        assert load_dataset(path=tmp_path / name).image_shape == shape, name

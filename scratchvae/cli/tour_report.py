@@ -114,7 +114,9 @@ def _fullcov_section(c, R) -> list:
         L += ["**A 2-D latent** (the same two models with J = 2, same seed and budget): mean "
               f"|correlation| of q(z|x) over the test set {corr}; held-out iwae_ll {ll}.", ""]
         L += _figs(c, "fullcov", [("latent2d.png", "2-D posteriors side by side"),
-                                  ("manifold.png", "decoder manifolds side by side")])
+                                  ("manifold.png", "decoder manifolds side by side")],
+                   () if os.path.exists(os.path.join(out, "fullcov", "manifold.png")) else
+                   ["the decoders' manifolds are not drawn: the data are not images"])
     return L
 
 
