@@ -262,7 +262,9 @@ def latent_2d(models, labels, path, title, per_class=2, lim=None):
         ax.grid(alpha=0.3)
     axes[0, -1].legend(title="label" if labels is not None else None, fontsize=9,
                        markerscale=2.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.suptitle(title, fontsize=12)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=12)
     return save_fig(fig, path, dpi=DPI)
 
 
