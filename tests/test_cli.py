@@ -118,7 +118,7 @@ def test_option_overrides_survive_per_model_defaults():
     assert entry("fullcov").make({}).posterior == "cholesky"
 
 
-def test_compare_and_seeds_commands(tmp_path, capsys):
+def test_compare_and_seeds_commands(tmp_path, capsys, request):
     out = tmp_path / "cmp"
     assert main(["compare", "--epochs", "1", "--seeds", "2", "--hidden", "16", "--iwae-k", "5",
                  "--quiet", "--out", str(out)]) == 0
@@ -135,6 +135,7 @@ def test_compare_and_seeds_commands(tmp_path, capsys):
     assert "(latent2d.png)" in text and "(manifold.png)" in text
     assert "fullcov_minus_vae" in text and "(compare-iwae_ll.png)" in text
     capsys.readouterr()
+    request.getfixturevalue("no_drawing")        # seeds' figures: the report test checks them
     assert main(["seeds", "--model", "vqvae", "--seeds", "2", "--epochs", "1", "--quiet",
                  "--out", str(tmp_path / "s")]) == 0
     s = json.loads((tmp_path / "s" / "seeds.json").read_text())
