@@ -47,8 +47,10 @@ def curves(phases, path, title, terms=(("recon", "reconstruction"), ("reg", "KL 
     rows, bounds = _timeline(phases)
     lrs = [r.get("lr") for r in rows if r.get("lr") is not None]
     show_lr = len(set(lrs)) > 1
-    fig, axes = plt.subplots(1, 3 if show_lr else 2, figsize=(15 if show_lr else 11, 4.2),
-                             layout="constrained")
+    phased = len(bounds) > 1
+    fig, axes = plt.subplots(1, 3 if show_lr else 2, figsize=(15 if show_lr else 11, 4.4))
+    fig.subplots_adjust(left=0.06 if show_lr else 0.075, right=0.99, top=0.89,
+                        bottom=0.2 if phased else 0.13, wspace=0.26)  # fixed: one drawing pass
     cols = plt.get_cmap("tab10").colors
 
     def draw(ax, key, label, col):
@@ -66,14 +68,14 @@ def curves(phases, path, title, terms=(("recon", "reconstruction"), ("reg", "KL 
         draw(axes[1], key, label, cols[(i + 1) % 10])
     if show_lr:
         axes[2].plot([r["t"] for r in rows if "lr" in r], lrs, color="0.3")
-        axes[2].set_yscale("log")
         axes[2].set_ylabel("learning rate")
     from matplotlib.ticker import MaxNLocator
 
     shades = ("#e8eef7", "#f7efe2", "#ffffff")
     if len(bounds) > 1:
         fig.supxlabel("phases (shaded, dashed lines between): " + ", ".join(
-            f"epochs {a + 1}-{b} {PHASE_NAMES.get(n, n)}" for n, a, b in bounds), fontsize=10)
+            f"epochs {a + 1}-{b} {PHASE_NAMES.get(n, n)}" for n, a, b in bounds), fontsize=10,
+            y=0.02)
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(bounds) > 1:                      # each phase on its own background
@@ -88,7 +90,7 @@ def curves(phases, path, title, terms=(("recon", "reconstruction"), ("reg", "KL 
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=9)
     fig.suptitle(title, fontsize=12)
-    return save_fig(fig, path, dpi=DPI)
+    return save_fig(fig, path, dpi=DPI, tight=False)
 
 
 def one_per_class(y, n=10):

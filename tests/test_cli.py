@@ -51,7 +51,7 @@ def test_nan_rows_named_and_nothing_written(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_out_of_range_for_bernoulli(tmp_path, capsys):
+def test_out_of_range_for_bernoulli(tmp_path, capsys, no_drawing):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((30, 16)) * 3)
     err = _err(capsys, ["--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "r"), "--quiet"])
     assert "[0, 1]" in err and "gaussian" in err
@@ -62,7 +62,7 @@ def test_out_of_range_for_bernoulli(tmp_path, capsys):
                  "--out", str(tmp_path / "g"), "--quiet", "--iwae-k", "5", "--hidden", "8"]) == 0
 
 
-def test_wrong_feature_count_for_checkpoint(tmp_path, capsys):
+def test_wrong_feature_count_for_checkpoint(tmp_path, capsys, no_drawing):
     out = tmp_path / "run"
     assert main(["--model", "vae", "--epochs", "1", "--out", str(out), "--quiet", "--iwae-k", "5",
                  "--hidden", "8"]) == 0
@@ -154,7 +154,7 @@ def test_gradcheck_command_fails_on_a_wrong_gradient(monkeypatch, capsys):
     assert "FAIL" in out and '"FAILED"' in out
 
 
-def test_cholesky_exp_diagonal_option(tmp_path):
+def test_cholesky_exp_diagonal_option(tmp_path, no_drawing):
     out = tmp_path / "fc"
     assert main(["--model", "fullcov", "--cholesky-diag", "exp", "--epochs", "1", "--hidden", "16",
                  "--iwae-k", "5", "--quiet", "--out", str(out)]) == 0
@@ -163,7 +163,7 @@ def test_cholesky_exp_diagonal_option(tmp_path):
     assert m["config"]["cholesky_diag"] == "exp"
 
 
-def test_output_folder_rules(tmp_path, capsys):
+def test_output_folder_rules(tmp_path, capsys, no_drawing):
     out = tmp_path / "run"
     base = ["--model", "vae", "--epochs", "1", "--hidden", "8", "--iwae-k", "5", "--quiet"]
     assert main(base + ["--out", str(out)]) == 0
@@ -192,7 +192,7 @@ def test_output_folder_rules(tmp_path, capsys):
         assert e.value.code == 2
 
 
-def test_eval_hints(tmp_path, capsys):
+def test_eval_hints(tmp_path, capsys, no_drawing):
     tour = tmp_path / "tour"
     (tour / "vae").mkdir(parents=True)
     assert main(["--model", "vae", "--epochs", "1", "--hidden", "8", "--iwae-k", "5", "--quiet",
@@ -249,7 +249,7 @@ def test_config_replays_a_run(tmp_path, capsys, no_drawing):
     assert e.value.code == 2 and "holds no options" in capsys.readouterr().err
 
 
-def test_resume_and_eval_continue_on_the_checkpoints_own_data(tmp_path, capsys):
+def test_resume_and_eval_continue_on_the_checkpoints_own_data(tmp_path, capsys, no_drawing):
     out = tmp_path / "r"
     base = ["--hidden", "8", "--latent-dim", "2", "--iwae-k", "5", "--quiet"]
     assert main(["--model", "vae", "--epochs", "1", "--limit", "200", "--out", str(out)] + base) == 0
