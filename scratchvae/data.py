@@ -40,7 +40,7 @@ class Dataset:
 
     ``x_*``: (N, D) float32 in the data's natural scale ([0, 1] for images).
     ``y_*``: (N,) int64 labels, or None when the data has none.
-    ``image_shape``: (H, W) for square images, else None.
+    ``image_shape``: (H, W) for images, None for a table (drawn feature by feature).
     """
 
     name: str
@@ -287,6 +287,7 @@ def _load_arrays(path: Path, test_fraction, split_seed) -> Dataset:
         )
     if x.size == 0:
         raise DataError(f"{path}: features have shape {x.shape}; there is no data")
+    shape = x.shape
     with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, which validate reports
         x = x.reshape(x.shape[0], -1).astype(np.float32)
     validate(x, "gaussian", where=str(path))  # row numbers refer to the file, before the split
@@ -303,9 +304,20 @@ def _load_arrays(path: Path, test_fraction, split_seed) -> Dataset:
             raise DataError(f"{path}: labels must be non-negative class indices, found {y.min()}")
         y = y.astype(np.int64)
 
+    return Dataset(path.name, *_split(x, y, test_fraction, split_seed), _shape_of(shape, x))
+
+
+def _shape_of(shape, x):
+    """A user array's image shape, or None for a table: (H, W) when it was stored as images
+    (N, H, W) or (N, H, W, 1); for (N, D), (s, s) only when D = s^2 and every value lies in
+    [0, 1] (pixel intensities; standardised tabular features are not drawn as images)."""
+    if len(shape) == 3 or (len(shape) == 4 and shape[3] == 1):
+        return (int(shape[1]), int(shape[2]))
+    if len(shape) != 2:
+        return None
     side = math.isqrt(x.shape[1])
-    image_shape = (side, side) if side > 1 and side * side == x.shape[1] else None
-    return Dataset(path.name, *_split(x, y, test_fraction, split_seed), image_shape)
+    square = side > 1 and side * side == x.shape[1]
+    return (side, side) if square and float(x.min()) >= 0 and float(x.max()) <= 1 else None
 
 
 # ---------------------------------------------------------------------------------- checks

@@ -58,14 +58,18 @@ def spell(name: str, meta=None) -> str:
 
 @dataclass
 class TrainOptions:
-    epochs: int = option(60, "training epochs (GMVAE: the final ELBO phase)", check="positive")
-    batch_size: int = option(128, "minibatch size", check="positive")
-    lr: float = option(1e-3, "Adam learning rate", check="positive")
-    lr_decay: float = option(1.0, "multiply the learning rate by this every decay_every epochs",
-                             check="positive")
+    epochs: int = option(60, "training epochs (GMVAE: only the final ELBO phase; its "
+                         "pretraining and anchored warm-up epochs are separate options: "
+                         "pretrain_epochs (--pretrain-epochs) and anchor_epochs "
+                         "(--anchor-epochs))", check="positive")
+    batch_size: int = option(128, "minibatch size (GMVAE: every phase)", check="positive")
+    lr: float = option(1e-3, "Adam learning rate (GMVAE: of the warm-up and ELBO phases; the "
+                       "pretraining has pretrain_lr, --pretrain-lr)", check="positive")
+    lr_decay: float = option(1.0, "multiply the learning rate by this every decay_every epochs "
+                             "(GMVAE: in the ELBO phase)", check="positive")
     decay_every: int = option(10, "epochs between learning-rate decays", check="positive")
-    checkpoint_every: int = option(0, "epochs between checkpoints (0: only at the end)",
-                                   check="nonneg")
+    checkpoint_every: int = option(0, "epochs between checkpoints (0: only at the end; GMVAE: "
+                                   "during the ELBO phase)", check="nonneg")
 
 
 @dataclass

@@ -18,12 +18,27 @@ def _plt():
     return plt
 
 
-def save_fig(fig, path, dpi=100):
-    """Write a figure to ``path`` via a temporary file in the same folder (never half-written)."""
+def save_fig(fig, path, dpi=150, palette=False, tight=True):
+    """Write a figure to ``path`` via a temporary file in the same folder (never half-written).
+    ``palette``: store it with 256 colours (a filled contour plot at 150 dpi is 3x smaller).
+    A figure with a layout engine, or ``tight=False`` (margins set by the caller), is saved as
+    laid out: one drawing pass instead of two."""
     from .train import atomic_write
 
     plt = _plt()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    tight = None if (fig.get_layout_engine() is not None or not tight) else "tight"
+    if palette:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches=tight)
+        buf.seek(0)
+        im = Image.open(buf).convert("RGB").quantize(256)
+        atomic_write(path, lambda f: im.save(f, format="PNG", optimize=True, dpi=(dpi, dpi)))
+    else:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches=tight))
     plt.close(fig)
     return os.fspath(path)
 
@@ -62,21 +77,28 @@ def _tile(images, image_shape, ncol):
     return canvas
 
 
-def image_grid(images, image_shape, path, title, ncol=10, row_labels=None):
-    """Tile (N, D) images in rows of ``ncol``; values clipped to [0, 1] for display."""
+def image_grid(images, image_shape, path, title, ncol=10, row_labels=None, dpi=150,
+               col_labels=None):
+    """Tile (N, D) images in rows of ``ncol``; values clipped to [0, 1] for display;
+    ``col_labels`` under the columns."""
     plt = _plt()
     canvas = _tile(np.clip(images, 0, 1), image_shape, ncol)
     fig, ax = plt.subplots(figsize=(0.6 * ncol + 1, 0.6 * canvas.shape[0] / (canvas.shape[1] / ncol) + 1))
     ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.set_xticks([])
+    if col_labels is not None:
+        w = canvas.shape[1] / ncol
+        ax.set_xticks([w * (i + 0.5) for i in range(len(col_labels))])
+        ax.set_xticklabels(col_labels)
+        ax.tick_params(axis="x", length=0)
     if row_labels is not None:
         h = canvas.shape[0] / len(row_labels)
         ax.set_yticks([h * (i + 0.5) for i in range(len(row_labels))])
         ax.set_yticklabels(row_labels)
     else:
         ax.set_yticks([])
-    return save_fig(fig, path)
+    return save_fig(fig, path, dpi=dpi)
 
 
 def reconstructions(x, xr, image_shape, path, title, n=10):
@@ -135,7 +157,7 @@ def _project2(Z, centres):
     return Y, C, labs
 
 
-def _categorical(ax, Y, labels, name):
+def _categorical(ax, Y, labels, name, fontsize=8):
     """One colour per category (tab10, then tab20 for more), a legend, no colour bar."""
     import matplotlib
 
@@ -145,7 +167,7 @@ def _categorical(ax, Y, labels, name):
     for i, c in enumerate(cats):
         m = labels == c
         ax.scatter(Y[m, 0], Y[m, 1], s=6, alpha=0.7, color=cmap(i % cmap.N), label=f"{name} {c}")
-    ax.legend(fontsize=7, markerscale=2.5, ncol=2, loc="best", framealpha=0.8)
+    ax.legend(fontsize=fontsize, markerscale=2.5, ncol=2, loc="best", framealpha=0.8)
 
 
 def latent_scatter(Z, labels, centres, path, title, true_labels=None):
@@ -297,5 +319,5 @@ def vq_compare_figure(runs: dict, K: int, path, title="codebook perplexity by up
     ax.set_ylim(0, K * 1.08)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return save_fig(fig, path)

@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import ScratchVAEError
 from .optim import Adam
+from .progress import progress_bar
 
 
 class CheckpointError(ScratchVAEError):
@@ -51,16 +52,6 @@ class TrainConfig:
 
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.lr_decay ** (epoch // max(1, self.decay_every))
-
-
-def _progress(total, desc, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def blas_limit(b, params, batch_size):
@@ -111,8 +102,9 @@ def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, histor
     total = tcfg.epochs * steps_per_epoch
     opt = Adam(b, params, lr=tcfg.lr) if opt is None else opt
     history = [] if history is None else history
-    bar = _progress(total - step, desc, progress)
+    bar = progress_bar(total - step, desc, progress, tcfg.epochs)
     first = None                                 # this call's first step loss (the reference)
+    run_loss, run_n = None, 0                    # the bar's running loss (across epochs)
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
         lr = tcfg.lr_at(epoch)
@@ -120,7 +112,6 @@ def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, histor
         ep_loss = None
         ep_aux = {}
         n_in_epoch = 0
-        run_loss, run_n = None, 0
         for i in range(offset, steps_per_epoch):
             idx = perm[i * B:min((i + 1) * B, N)]   # the array API rejects out-of-range slices
             xb = xp.take(X, idx, axis=0)
@@ -156,6 +147,8 @@ def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, histor
         history.append(rec)
         if on_epoch is not None:
             on_epoch(rec, params, opt)
+        if bar is not None:
+            bar.epoch_done(rec)                  # the epoch's mean loss (already on the host)
         if ckpt_path and tcfg.checkpoint_every and (epoch + 1) % tcfg.checkpoint_every == 0:
             save_checkpoint(ckpt_path, b, params, opt, step, meta or {}, history)
     if bar is not None:

@@ -34,3 +34,20 @@ def strict64():
     from scratchvae.backend import Backend
 
     return Backend("strict", "float64", seed=0, device_name="device1")
+
+
+@pytest.fixture
+def no_drawing(monkeypatch):
+    """For tests of numbers, not pictures: figures are built but not rendered to PNG (the
+    rendering is most of a tiny run's time).  Every figure is rendered and checked by the tests
+    of the reports (tests/test_reports.py, tests/test_tour.py::test_quick_tour_report)."""
+    from scratchvae import paperfigs, plots
+    from scratchvae.kl import figures as kl_figures
+
+    def skip(fig, path, **kw):
+        plots._plt().close(fig)
+        return str(path)
+
+    for mod in (plots, paperfigs, kl_figures):
+        monkeypatch.setattr(mod, "save_fig", skip)
+    monkeypatch.setattr(paperfigs, "embedding", lambda *a, **kw: None)

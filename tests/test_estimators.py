@@ -36,7 +36,7 @@ def test_readme_example_clusters_blobs_and_load_predicts_the_same(tmp_path):
     np.testing.assert_array_equal(proba.argmax(axis=1), labels[:50])
 
 
-def test_cli_is_a_thin_client_of_the_estimator(tmp_path):
+def test_cli_is_a_thin_client_of_the_estimator(tmp_path, no_drawing):
     """`run.py train` with some options and the estimator with the same options train the
     same parameters, bit for bit."""
     from scratchvae.cli import main

@@ -76,19 +76,20 @@ def _rewrite(ck, change_arrays=None, change_info=None):
 
 
 # ------------------------------------------------------------------ 1. eval of a VQ-VAE
-def test_eval_reads_a_vqvae_checkpoint(tmp_path, capsys):
+def test_eval_reads_a_vqvae_checkpoint(tmp_path, capsys, no_drawing):
     out = tmp_path / "vq"
     assert main(["--model", "vqvae", "--epochs", "1", "--hidden", "8", "--limit", "200",
                  "--quiet", "--out", str(out)]) == 0
     capsys.readouterr()
-    rc, err, text = _run(capsys, ["eval", "--resume", str(out)])
+    rc, err, text = _run(capsys, ["eval", "--resume", str(out), "--out", str(tmp_path / "ev")])
     assert rc == 0, err
     res = json.loads(text)
     assert res["model"] == "vqvae" and np.isfinite(res["recon"])
 
 
 # ------------------------------------------------------------------ 2. one run per folder
-def test_a_second_run_on_a_busy_out_is_refused_even_with_force(tmp_path, capsys, monkeypatch):
+def test_a_second_run_on_a_busy_out_is_refused_even_with_force(tmp_path, capsys, monkeypatch,
+                                                               no_drawing):
     """A second command on the --out of a run in progress (before its first checkpoint, when
     the folder looked empty) is refused, --force or not; the claim ends with the run."""
     from scratchvae.cli import train as cli_train
@@ -133,7 +134,7 @@ def _poison(ck, key="param.encoder.0.W", value=np.nan):
     return _rewrite(ck, change)
 
 
-def test_eval_of_a_nan_checkpoint_is_refused_not_printed(vae_run, tmp_path, capsys):
+def test_eval_of_a_nan_checkpoint_is_refused_not_printed(vae_run, tmp_path, capsys, no_drawing):
     r = _copy(vae_run, tmp_path)
     _poison(r / "checkpoint.npz")
     _one_line(capsys, ["eval", "--resume", str(r)], "holds NaN or inf")
@@ -262,7 +263,7 @@ def test_oserror_and_memoryerror_are_one_line(capsys, monkeypatch, exc, says):
 
 
 # ------------------------------------------------------------------ 5. and 6. option rules
-def test_resume_refuses_contradicting_options(vae_run, tmp_path, capsys):
+def test_resume_refuses_contradicting_options(vae_run, tmp_path, capsys, no_drawing):
     r = _copy(vae_run, tmp_path)
     before = sorted(os.listdir(r))
     for argv, says in ((["--seed", "3"], "random_state (--seed) was 0"),
@@ -484,7 +485,7 @@ def test_permission_errors_folders_and_fifos_as_inputs(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ 11. killed mid-write
-def test_a_write_killed_midway_leaves_a_folder_that_can_be_reused(tmp_path, capsys):
+def test_a_write_killed_midway_leaves_a_folder_that_can_be_reused(tmp_path, capsys, no_drawing):
     out = tmp_path / "killed"
     out.mkdir()
     code = ("import os, signal\n"

@@ -506,6 +506,13 @@ def test_run_experiment_quick(tmp_path):
         assert os.path.getsize(path) < 200_000
     for name in ("kl_variance.md", "kl_variance.json", "kl_snis.md", "kl_metrics.json"):
         assert (tmp_path / name).exists()
+    # what `python run.py train --model kl` writes beside it: a report of legible figures
+    from _reports import check_report
+    from scratchvae.cli.options import parse
+    from scratchvae.cli.report import kl_report
+
+    kl_report(str(tmp_path), parse(["--model", "kl", "--quick"]), m)
+    assert "kl_fits" in check_report(tmp_path, min_figures=3)
     # the scenario-2 and scenario-3 fits land where the exact analysis says
     assert abs(m["sgd_mle_final_m"]) < 0.3 and abs(m["sgd_mle_final_var"] / 4.25 - 1) < 0.2
     assert abs(abs(m["sgd_reparam_final_m"]) - 2.0) < 0.1

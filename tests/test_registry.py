@@ -68,7 +68,7 @@ def test_a_registered_toy_model_trains_evaluates_and_gradchecks(betavae, tmp_pat
     assert m["model"] == "betavae" and m["options"]["kl_weight"] == 2.5
     assert np.isfinite(m["iwae_ll"]) and (out / "samples.png").stat().st_size > 1000
     capsys.readouterr()
-    assert main(["eval", "--resume", str(out)]) == 0
+    assert main(["eval", "--resume", str(out), "--out", str(out.parent / "ev")]) == 0
     ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ev["model"] == "betavae" and ev["iwae_ll"] == m["iwae_ll"]    # same checkpoint, same draws
     assert main(["gradcheck", "--model", "betavae"]) == 0

@@ -60,7 +60,11 @@ def _kl(args) -> dict:
         res = KL.run_experiment(Backend(args.backend or "numpy", "float64", seed=seed), out,
                                 seed=seed, quick=args.quick)
         write_json(os.path.join(out, "metrics.json"), res)
-    return {"out": out, **{k: v for k, v in res.items() if not isinstance(v, (list, dict))}}
+        from .report import kl_report
+
+        path = kl_report(out, args, res)
+    return {"out": out, **{k: v for k, v in res.items() if not isinstance(v, (list, dict))},
+            "report": path}
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None):
@@ -109,7 +113,9 @@ def main(argv=None) -> int:
     except ValueError:
         return _fail("the result holds a NaN or inf, which is never reported as a success; the "
                      "model diverged or gives NaN on this data")
-    print(text)
+    print(text, flush=True)
+    if isinstance(res, dict) and res.get("report"):      # the last line: where to look
+        print(f"report: {res['report']}", file=sys.stderr, flush=True)
     return code
 
 

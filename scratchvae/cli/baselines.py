@@ -44,7 +44,7 @@ def one_seed(est, ds, seed) -> dict:
     rows["pca10_gmm"] = _scores(y, GaussianMixture(K, n_init=10, random_state=seed).fit(P).predict(P))
     rows["pca10_gmm"]["seconds"] = time.perf_counter() - t
     t = time.perf_counter()
-    est.set_params(random_state=seed).fit(ds.x_train)          # no labels: they only score
+    est.set_params(random_state=seed).fit(ds.x_train, eval_set=ds.x_test)   # labels only score
     rows["gmvae"] = {**_scores(y, est.labels_), "seconds": time.perf_counter() - t}
     if ds.y_test is not None:
         rows["gmvae"].update({f"test_{k}": v for k, v in
@@ -73,6 +73,7 @@ def main(args) -> dict:
         n = args.seeds if args.seeds is not None else (2 if args.quick else 3)
         for seed in range(n):
             per.append(one_seed(est, ds, seed))
+            report.write_history(os.path.join(out, f"history-seed{seed}.csv"), est)
             if not args.quiet:
                 print(json.dumps({"seed": seed, **{m: round(r["acc"], 4) for m, r in per[-1].items()}}),
                       file=sys.stderr)
@@ -88,6 +89,10 @@ def main(args) -> dict:
         report.seeds_report(out, args, {
             "title": "the GMVAE beside its baselines (training rows, ACC)",
             "summary": {m: summary[m]["acc"] for m in summary}, "runs": per,
-            "extra": [f"seeds 0-{n - 1}", f"{record['n_train']} training rows"]}, lambda r: None)
+            "extra": [f"seeds 0-{n - 1}", f"{record['n_train']} training rows"],
+            "notes": report.gmvae_phases(est) + [
+                "The GMVAE's training, epoch by epoch: " + ", ".join(
+                    f"[history-seed{i}.csv](history-seed{i}.csv)" for i in range(n)), ""]},
+            lambda r: None)
     return {"out": out, "report": os.path.join(out, "report.md"), **{m: {k: round(summary[m][k]["mean"], 4) for k in ("acc", "nmi", "ari")}
                            for m in summary}}

@@ -1,4 +1,7 @@
-"""``python run.py eval --resume RUN``: a checkpoint's held-out metrics on ``--data``."""
+"""``python run.py eval --resume RUN``: a checkpoint's held-out metrics on ``--data`` (the
+checkpoint's own data set by default), every metric ``train`` reports (ACC / NMI / ARI too for a
+GMVAE when the data have labels), and a run folder (``--out``) with ``metrics.json``, the model's
+figures drawn from the checkpoint and ``report.md``."""
 from __future__ import annotations
 
 import os
@@ -7,7 +10,10 @@ from ..estimators import load
 from ..errors import UsageError
 from ..metrics import check_finite
 from ..train import CheckpointError
-from .runs import checkpoint_path, get_data, resolve_source
+from . import report
+from .registry import entry
+from .runs import (checkpoint_path, default_out, get_data, resolve_source, run_folder, versions,
+                   write_json)
 
 
 def main(args) -> dict:
@@ -39,4 +45,16 @@ def main(args) -> dict:
         est.set_params(iwae_k=args.iwae_k)
         est.check_memory(est.n_features_in_)
     scores = check_finite(est.evaluate(ds.x_test, ds.y_test), f"the scores of {ck!r}")
-    return {"model": est.kind, "checkpoint": ck, "data": args.data, **scores}
+    res = {"model": est.kind, "checkpoint": ck, "data": args.data, **scores,
+           "n_train": int(ds.x_train.shape[0]), "n_test": int(ds.x_test.shape[0]),
+           "epochs_trained": len(est.history_), "steps": est.step_}
+    out = args.out or default_out(f"eval-{est.kind}")
+    with run_folder(out, args):
+        extra = entry(est.kind).figures(est, ds, out, args.data)
+        res.update({k: v for k, v in extra.items() if k not in res and k != "figures"})
+        write_json(os.path.join(out, "metrics.json"),
+                   {**res, "options": est.get_params(), "versions": versions(),
+                    **est.backend_.describe(), "seed": est.options.random_state})
+        path = report.eval_report(out, args, res, est)
+    return {"out": out, **{k: v for k, v in res.items() if not isinstance(v, (dict, list))},
+            "report": path}

@@ -60,7 +60,8 @@ def _seeds(args, e, ds, out) -> dict:
                    main_metric)
     report.seeds_report(out, args, {
         "title": f"{args.model} over {len(runs)} seeds", "summary": summary, "runs": runs,
-        "extra": [f"seeds 0-{len(runs) - 1}", f"backend `{est.options.backend}`"]},
+        "extra": [f"seeds 0-{len(runs) - 1}", f"backend `{est.options.backend}`"],
+        "notes": report.gmvae_phases(est)},
         lambda r: f"seed{r['seed']}")
     show = [k for k in ("acc", "nmi", "ari", "iwae_ll", "elbo", "perplexity", "usage", "recon")
             if k in summary]

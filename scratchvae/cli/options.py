@@ -144,7 +144,7 @@ def add_data_options(p):
                    help="use only the first N training and the first N test examples")
 
 
-def add_run_options(p, *, seeds=False, seed=True, out=True):
+def add_run_options(p, *, seeds=False, seed=True, out=True, quick=True):
     g = p.add_argument_group("run")
     if seed:
         g.add_argument("--seed", type=_number(int, "nonneg"), default=None,
@@ -157,11 +157,13 @@ def add_run_options(p, *, seeds=False, seed=True, out=True):
         return
     g.add_argument("--out", default=None,
                    help="run folder (default runs/<model>-<timestamp>; the tour: "
-                        "runs/<timestamp>; --resume: the checkpoint's folder)")
+                        "runs/<timestamp>; --resume: the checkpoint's folder; eval: "
+                        "runs/eval-<model>-<timestamp>)")
     g.add_argument("--force", action="store_true",
                    help="allow --out to name a folder that already holds a run (it is overwritten)")
-    g.add_argument("--quick", action="store_true",
-                   help="tiny budgets for every stage (seconds; for smoke tests)")
+    if quick:
+        g.add_argument("--quick", action="store_true",
+                       help="tiny budgets for every stage (seconds; for smoke tests)")
     if seeds:
         g.add_argument("--seeds", type=_number(int, "positive"), default=None,
                        help="number of seeds (default 3; --quick: 2)")
@@ -208,7 +210,8 @@ def build_parser():
                            metavar="N", help="batch size of the timed steps (default 256)")
         add_run_options(s, seeds=cmd in ("compare", "seeds", "baselines"),
                         seed=cmd not in ("compare", "seeds", "eval", "baselines"),
-                        out=cmd in ("train", "compare", "seeds", "baselines"))
+                        out=cmd in ("train", "compare", "seeds", "baselines", "eval"),
+                        quick=cmd != "eval")
         add_model_options(s, COMMAND_OPTIONS.get(cmd))
     return p
 

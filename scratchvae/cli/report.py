@@ -41,7 +41,8 @@ def _header(title, args, extra=()) -> list:
     prog = "scratchvae" if os.path.basename(sys.argv[0]) == "scratchvae" else "python run.py"
     cmd = " ".join([prog, *sys.argv[1:]]) if sys.argv and sys.argv[0] else f"{prog} ..."
     return [f"# {title}", "", f"Command `{cmd}`.", "",
-            f"Data `{getattr(args, 'data', None)}`"
+            (f"Data `{args.data}`" if getattr(args, "data", None) else "No data set (the §1 "
+             "study of two 1-D Gaussians)")
             + (f" (first {args.limit} rows of each split)" if getattr(args, "limit", None) else "")
             + "; " + "; ".join(extra) + ".", "",
             f"Machine: {v['platform']}, {v['cpus']} CPUs; Python {v['python']}, NumPy {v['numpy']}"
@@ -56,10 +57,75 @@ def _table(rows: dict) -> list:
     return out + [""]
 
 
+# what each figure shows, as the report's caption under it (file name -> caption)
+CAPTIONS = {
+    "curve.png": "Training curves per epoch: the loss (negative ELBO; the VQ-VAE: its "
+                 "objective) and its terms, as the mean over the epoch's training batches "
+                 "(lines; the parameters move during the epoch) and on the held-out split at "
+                 "the end of every few epochs (dots, one noise sample per row); the learning "
+                 "rate when it changes; GMVAE: pretraining (autoencoder loss), anchored warm-up "
+                 "and ELBO phases in one timeline.",
+    "reconstructions.png": "Held-out inputs (top of each pair) and their reconstructions "
+                           "E[x | z = mu] (below), one input per class where labels exist.",
+    "samples.png": "Decoder means of samples from the prior (GMVAE: one row per component).",
+    "latent.png": "Held-out latent means on their first two principal components (x: the "
+                  "component means), coloured by assigned cluster and by the true label.",
+    "confusion.png": "Clusters against labels after the Hungarian matching (held-out split): "
+                     "row = true label, column = matched cluster; the diagonal is ACC.",
+    "weights.png": "Mixture weights pi_c.",
+    "clustering.png": "ACC / NMI of the training split over training (labels only score).",
+    "vq_reconstructions.png": "Held-out inputs and their VQ-VAE reconstructions.",
+    "vq_samples.png": "Decoded uniformly random code combinations (no learned prior over "
+                      "codes: why the VQ-VAE needs one).",
+    "vq_atlas.png": "Decoded atlas: row m is the typical input's codes with position m set to "
+                    "each of that position's most used codes.",
+    "vq_usage.png": "Codebook usage on the training split, sorted; dashed: uniform.",
+    "vq_perplexity.png": "Codebook perplexity during training.",
+    "tsne.png": "t-SNE (scikit-learn) of the held-out latent means, coloured by the assigned "
+                "cluster and, beside it, by the true label.",
+    "vq_samples_empirical.png": "Decoded codes drawn from their empirical frequencies on the "
+                                "training split, each position independently.",
+    "latent2d.png": "2-D latent, models side by side on shared axes: every held-out mean "
+                    "coloured by label, and the 2-sigma ellipses of q(z|x) for two inputs per "
+                    "class (mean-field: axis-aligned; full covariance: tilted).",
+    "manifold.png": "The decoders' manifolds: E[x | z] on a 15 x 15 grid of prior quantiles "
+                    "(5%..95%), models side by side.",
+    "ellipses-vae.png": "Mean-field q(z|x) in a 2-D latent (shared axes with the full-"
+                        "covariance figure).",
+    "ellipses-fullcov.png": "Full-covariance q(z|x) in a 2-D latent (shared axes with the "
+                            "mean-field figure).",
+    "kl_contours.png": "log10 of both KLs over q's (m, rho), with descent paths, minima and "
+                       "saddles.",
+    "kl_fits.png": "The target p (grey) and the Gaussian q at each minimum: forward KL, one "
+                   "wide q; reverse KL, each global minimum a separate q on one mode.",
+    "kl_minima_vs_separation.png": "Critical points of the reverse KL against the separation "
+                                   "a/s: where off-centre minima are born and become global.",
+    "seeds-acc.png": "Held-out ACC, one dot per seed; black bar: the mean.",
+    "seeds-iwae_ll.png": "Held-out iwae_ll, one dot per seed; black bar: the mean.",
+    "compare-iwae_ll.png": "Held-out iwae_ll per seed, mean-field vs full covariance, each "
+                           "seed's pair joined.",
+    "baselines-acc.png": "ACC on the training rows per seed, each method; black bar: the mean.",
+    "features.png": "Non-image data: held-out rows and their reconstructions, feature by "
+                    "feature (not drawn as images).",
+}
+
+
 def _figures(out, sub="") -> list:
     folder = os.path.join(out, sub)
     pngs = sorted(f for f in os.listdir(folder) if f.endswith(".png")) if os.path.isdir(folder) else []
-    return [f"![{os.path.splitext(f)[0]}]({os.path.join(sub, f) if sub else f})\n" for f in pngs]
+    return [f"![{os.path.splitext(f)[0]}]({os.path.join(sub, f) if sub else f})\n\n"
+            + (f"*{CAPTIONS[f]}*\n" if f in CAPTIONS else "") for f in pngs]
+
+
+def gmvae_phases(est) -> list:
+    """The GMVAE's --epochs counts only the last phase: say so where a reader looks."""
+    if est.kind != "gmvae":
+        return []
+    o = est.options
+    anchor = getattr(o, "anchor_epochs", 0) if getattr(o, "init", "graph") == "graph" else 0
+    return [f"Phases: {o.pretrain_epochs} pretraining epochs (--pretrain-epochs), {anchor} "
+            f"anchored warm-up epochs (--anchor-epochs), then {o.epochs} ELBO epochs "
+            "(--epochs counts only this last phase).", ""]
 
 
 def write(out, lines) -> str:
@@ -77,8 +143,10 @@ def train_report(out, args, res, est) -> str:
     lines += ["Held-out metrics (nats per example where a likelihood; clustering scores use the "
               "labels only to score):", ""]
     lines += _table({k: v for k, v in res.items() if k not in ("model", "pi")})
-    lines += ["Per-epoch record: [history.csv](history.csv); every number: "
-              "[metrics.json](metrics.json).", ""]
+    lines += gmvae_phases(est)
+    lines += ["Per-epoch record: [history.csv](history.csv) (loss and its terms, learning rate, "
+              "held-out loss every few epochs); every number: [metrics.json](metrics.json).", ""]
+    lines += [f"Note: {n}" for n in res.get("figure_notes", [])] + [""]
     return write(out, lines + _figures(out))
 
 
@@ -90,14 +158,36 @@ def seeds_report(out, args, record, sub_of) -> str:
     for k, s in record["summary"].items():
         lines.append(f"| {k} | {_fmt(s['mean'])} | {_fmt(s['std'])} | "
                      f"{', '.join(_fmt(v) for v in s['values'])} |")
-    lines += ["", *_figures(out)]
-    subs = [sub_of(r) for r in record["runs"]]
-    lines += ["Runs: " + ", ".join(f"[{s}]({s}/report.md)" for s in subs if s
-                                   and os.path.exists(os.path.join(out, s, "report.md"))), ""]
+    lines += ["", *record.get("notes", []), *_figures(out)]
+    subs = [s for s in (sub_of(r) for r in record["runs"])
+            if s and os.path.exists(os.path.join(out, s, "report.md"))]
+    if subs:                   # each run's own report: its curves, reconstructions, samples
+        lines += ["Runs (each with its report, history.csv and figures): "
+                  + ", ".join(f"[{s}]({s}/report.md)" for s in subs), ""]
     return write(out, lines)
 
 
-def eval_report(out, args, res) -> str:
+def eval_report(out, args, res, est) -> str:
+    """``eval``: the checkpoint's held-out metrics and its figures, drawn from the checkpoint."""
     lines = _header(f"scratchvae: evaluation of {res['model']}", args,
-                    [f"checkpoint `{res['checkpoint']}`"])
-    return write(out, lines + _table({k: v for k, v in res.items() if k != "checkpoint"}))
+                    [f"checkpoint `{res['checkpoint']}`", f"{res['n_train']} train / "
+                     f"{res['n_test']} test rows", f"seed {est.options.random_state}",
+                     f"backend `{est.options.backend}` ({est.options.dtype})"])
+    lines += ["Held-out metrics of the checkpoint (nats per example where a likelihood; "
+              "clustering scores use the labels only to score):", ""]
+    lines += _table({k: v for k, v in res.items() if k not in ("checkpoint", "model", "pi")})
+    lines += gmvae_phases(est)
+    lines += [f"Note: {n}" for n in res.get("figure_notes", [])] + [""]
+    return write(out, lines + _figures(out))
+
+
+def kl_report(out, args, res) -> str:
+    """``train --model kl``: the §1 study's numbers, figures and estimator-variance table."""
+    lines = _header("scratchvae: §1 KL direction", args, [f"seed {getattr(args, 'seed', 0) or 0}",
+                    "float64 quadrature"])
+    lines += _table(res)
+    vpath = os.path.join(out, "kl_variance.md")
+    if os.path.exists(vpath):
+        with open(vpath) as f:
+            lines += ["Gradient-estimator variance (reverse KL):", "", f.read(), ""]
+    return write(out, lines + _figures(out))

@@ -21,7 +21,7 @@ def run_model(name, est, ds, out, args) -> dict:
     ``out``; evaluate on the held-out split and draw the model's figures.  -> metrics."""
     e = entry(name)
     est.fit(ds.x_train, ds.y_train, checkpoint=os.path.join(out, "checkpoint.npz"),
-            meta=source_record(args))
+            meta=source_record(args), eval_set=ds.x_test)
     info = {k: v for k, v in est.fit_info_.items() if k not in ("recipe_seconds",)}
     res = {"model": est.kind, **est.evaluate(ds.x_test), "train_seconds": est.fit_seconds_,
            "steps": est.step_, "epochs": est.options.epochs, "n_train": int(ds.x_train.shape[0]),

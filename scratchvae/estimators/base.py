@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator
 from ..backend import Backend
 from ..data import DataError, validate
 from ..errors import NotFittedError, UsageError
+from .heldout import heldout_hook
 from .memory import check_memory
 from ..options import check_options, make_options, plain, spell
 from ..train import (CheckpointError, TrainConfig, fit as train_fit, load_checkpoint, restore,
@@ -206,12 +207,13 @@ class Estimator(BaseEstimator):
             raise DataError(f"y must hold comparable labels (all numbers or all strings): {exc}") from exc
 
     # ------------------------------------------------------------------ training
-    def fit(self, X, y=None, *, checkpoint=None, meta=None):
+    def fit(self, X, y=None, *, checkpoint=None, meta=None, eval_set=None):
         """Train on the rows of ``X`` (n_samples, n_features).  ``y`` (optional) is only
         reported (e.g. the GMVAE's training accuracy per epoch), never used to train.
         ``checkpoint``: a path to write the checkpoint to (every ``checkpoint_every`` epochs
         and at the end).  With ``warm_start=True`` a fitted or loaded estimator trains on, on
-        the same data, from its current epoch up to ``epochs`` (in total).  Returns ``self``."""
+        the same data, from its current epoch up to ``epochs`` (in total).  ``eval_set``:
+        held-out rows scored every few epochs (:func:`.heldout.heldout_hook`).  -> ``self``."""
         check_options(self.options)
         resume = bool(self.options.warm_start) and self._fitted()
         if resume:
@@ -237,6 +239,8 @@ class Estimator(BaseEstimator):
             self.n_train_ = int(Xh.shape[0])
             self._initialise(Xd, y)
         on_epoch = self._epoch_hook(Xd, y)
+        if eval_set is not None:
+            on_epoch = heldout_hook(self, on_epoch, self._device(self._check_X(eval_set)))
         self._meta = {**getattr(self, "_meta", {}), **(meta or {}), **self._meta_extra()}
         self.params_, self.opt_, self.step_, self.history_ = train_fit(
             self.model_, self.params_, Xd, self.train_config(), opt=self.opt_, step=self.step_,

@@ -49,6 +49,11 @@ class VAE(TransformerMixin, Estimator):
         Xd = self._rows(X)
         return iwae_metrics(self.model_, self.params_, Xd, k=int(k or self.options.iwae_k))
 
+    def _heldout_scores(self, params, Xe) -> dict:
+        """One-sample negative ELBO on held-out rows and its terms (noise: "heldout")."""
+        r = iwae_metrics(self.model_, params, Xe, k=1, rng_tag="heldout")
+        return {"loss": -r["elbo"], "recon": r["recon"], "reg": r["kl"]}
+
     def score(self, X, y=None) -> float:
         """Mean importance-weighted log-likelihood bound per example (higher is better)."""
         return self.evaluate(X)["iwae_ll"]

@@ -42,6 +42,12 @@ class VQVAE(TransformerMixin, Estimator):
         bits_per_dim (see :meth:`scratchvae.models.vqvae.VQVAE.evaluate`)."""
         return self.model_.evaluate(self.params_, self._rows(X))
 
+    def _heldout_scores(self, params, Xe) -> dict:
+        """Held-out reconstruction (nats) and commitment ||z_e - e_k||^2 (the quantisation
+        error; deterministic)."""
+        r = self.model_.evaluate(params, Xe)
+        return {"recon": r["recon"], "commit": r["quant_error"]}
+
     def score(self, X, y=None) -> float:
         """-nll_bound: a lower bound on the mean log-likelihood per example under the uniform
         prior over codes (higher is better)."""

@@ -26,7 +26,7 @@ def plot_contours(path, a, s, minima_rev, saddles_rev, minima_fwd, gd_paths, sgd
     ms = np.linspace(-1.7 * a - s, 1.7 * a + s, grid)
     rhos = np.linspace(math.log(s) - 1.3, math.log(math.sqrt(s * s + a * a)) + 0.9, grid)
     M, P = np.meshgrid(ms, rhos)
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), constrained_layout=True)
     panels = [("reverse", "reverse KL(q‖p): mode-seeking", exact_reverse_kl(M, P, a, s), minima_rev,
                saddles_rev),
               ("forward", "forward KL(p‖q): mode-covering", exact_forward_kl(M, P, a, s), minima_fwd,
@@ -58,16 +58,16 @@ def plot_contours(path, a, s, minima_rev, saddles_rev, minima_fwd, gd_paths, sgd
         ax.set_xlabel("m (mean of q); dotted: modes ±a of p")
         ax.set_ylabel("ρ = log σ (q's log std)")
         ax.set_title(f"{title}\np = ½N(−{a:g}, {s:g}²) + ½N({a:g}, {s:g}²)")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=7.5,
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=9,
                   facecolor="0.7", framealpha=1.0)
-    return save_fig(fig, path, dpi=80)
+    return save_fig(fig, path, dpi=150, palette=True)
 
 
 def plot_fits(path, a, s, minima_rev, minima_fwd):
     """p's density with the q at each located minimum of both KLs."""
     plt = _plt()
     x = np.linspace(-a - 5 * s, a + 5 * s, 800)
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(8, 5.6), constrained_layout=True)
     ax.fill_between(x, np.exp(log_p_host(x, a, s)), color="0.8", label="target p")
 
     def qpdf(m, rho):
@@ -77,18 +77,22 @@ def plot_fits(path, a, s, minima_rev, minima_fwd):
     for p in minima_fwd:
         ax.plot(x, qpdf(p["m"], p["rho"]), "b-", lw=2,
                 label=f"argmin KL(p‖q): m={_fmt(p['m'])}, σ²={_fmt(p['var'])}")
+    # each reverse-KL minimum is its own q: two global minima in two colours and line styles
+    # (one colour for both would read as one bimodal q, the opposite of the point)
+    glob = iter([("red", "-"), ("purple", "-."), ("brown", ":")])
     for p in minima_rev:
-        style = "-" if p["global"] else "--"
-        col = "red" if p["global"] else "darkorange"
-        kind = "global" if p["global"] else "local"
-        ax.plot(x, qpdf(p["m"], p["rho"]), ls=style, color=col, lw=1.6,
-                label=f"KL(q‖p) {kind} min: m={_fmt(p['m'])}, σ²={_fmt(p['var'])}, "
-                      f"KL={_fmt(p['kl'])}")
+        col, style = next(glob, ("red", "-")) if p["global"] else ("darkorange", "--")
+        kind = "a global" if p["global"] else "the local"
+        ax.plot(x, qpdf(p["m"], p["rho"]), ls=style, color=col, lw=2.0,
+                label=f"{kind} argmin KL(q‖p): m={_fmt(p['m'], 3)}, σ²={_fmt(p['var'], 3)}, "
+                      f"KL={_fmt(p['kl'], 3)}")
     ax.set_xlabel("x")
     ax.set_ylabel("density")
-    ax.set_title("forward KL covers both modes; reverse KL's global minima sit on one mode")
-    ax.legend(fontsize=7.5, loc="upper left")
-    return save_fig(fig, path, dpi=90)
+    ax.set_title("forward KL: one wide q over both modes; reverse KL: each global minimum is "
+                 "a q on one mode\n(every curve is a separate Gaussian q)", fontsize=10.5)
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1,
+              frameon=False)                       # below the axes: never over a curve
+    return save_fig(fig, path, dpi=150)
 
 
 def plot_separation(path, sweep, fold, switch):
@@ -137,6 +141,6 @@ def plot_separation(path, sweep, fold, switch):
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
-    fig.legend([handles[k] for k in labels], labels, loc="outside lower center", ncol=4, fontsize=8)
+    fig.legend([handles[k] for k in labels], labels, loc="outside lower center", ncol=4, fontsize=9.5)
     fig.suptitle("Critical points of reverse KL(q‖p), q Gaussian, p = ½N(−a, s²) + ½N(a, s²)")
-    return save_fig(fig, path, dpi=85)
+    return save_fig(fig, path, dpi=150)
