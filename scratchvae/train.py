@@ -125,10 +125,11 @@ def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, histor
             idx = perm[i * B:min((i + 1) * B, N)]   # the array API rejects out-of-range slices
             xb = xp.take(X, idx, axis=0)
             noise = model.sample_noise(b.rng(rng_tag, "step", step), xb.shape[0])
-            loss, grads, aux = model.loss_and_grads(params, xb, noise)
-            opt.step(params, grads, lr=lr)
-            if hasattr(model, "post_step"):   # non-gradient state (e.g. VQ codebook EMA)
-                model.post_step(params, aux, step)
+            with b.reusing(opt.ws):              # the step writes into buffers kept across steps
+                loss, grads, aux = model.loss_and_grads(params, xb, noise)
+                opt.step(params, grads, lr=lr)
+                if hasattr(model, "post_step"):   # non-gradient state (e.g. VQ codebook EMA)
+                    model.post_step(params, aux, step)
             step += 1
             n_in_epoch += 1
             ep_loss = loss if ep_loss is None else ep_loss + loss
