@@ -89,11 +89,11 @@ def fit(model, params, X, tcfg: TrainConfig, **kw):
     """Train ``model`` on device array ``X`` (N, D); see :func:`_fit`.  This wrapper picks the
     BLAS thread count for the problem size and, on NumPy, silences floating-point warnings:
     a diverging run is reported once, by the finite-loss check at the end of each epoch."""
-    import contextlib
-
-    quiet = np.errstate(all="ignore") if model.b.name == "numpy" else contextlib.nullcontext()
+    quiet = np.errstate(all="ignore") if model.b.name == "numpy" else np.errstate()  # no-op
     with blas_limit(model.b, params, tcfg.batch_size), quiet:
-        return _fit(model, params, X, tcfg, **kw)
+        out = _fit(model, params, X, tcfg, **kw)
+    out[1].ws = model.b.workspace()          # the step buffers are scratch: none outlive the run
+    return out
 
 
 def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, history=None,
