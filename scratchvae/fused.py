@@ -51,3 +51,27 @@ def relu_backward_(dy, y):
     """dy *= 1[y > 0], in place (one kernel); returns dy."""
     _RELU_BWD(y, dy)
     return dy
+
+
+# distributions.Bernoulli: the per-element term x l - softplus(l), softplus(l) =
+# max(l, 0) + log1p(exp(-|l|)), summed afterwards by CuPy exactly as the reference sums it
+_BERN_TERM = cupy.ElementwiseKernel(
+    "T x, T l", "T t",
+    "T e = exp(-abs(l)); T sp = max(l, T(0)) + log1p(e); t = x * l - sp;",
+    "scratchvae_bernoulli_term", options=_OPTS)
+
+# and its backward: dl = dll (x - sigmoid(l)), sigmoid(l) = 1 / (1 + exp(-l))
+_BERN_BWD = cupy.ElementwiseKernel(
+    "T g, T x, T l", "T d",
+    "T s = T(1) / (T(1) + exp(-l)); d = g * (x - s);",
+    "scratchvae_bernoulli_bwd", options=_OPTS)
+
+
+def bernoulli_term(x, out):
+    """x (B, D), logits (S, B, D) -> x l - softplus(l) (S, B, D) (one kernel)."""
+    return _BERN_TERM(x, out)
+
+
+def bernoulli_backward(dll, x, out):
+    """dll (S, B) -> dll (x - sigmoid(l)) (S, B, D) (one kernel)."""
+    return _BERN_BWD(dll[..., None], x, out)

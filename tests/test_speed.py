@@ -5,7 +5,8 @@ gradients written into buffers reused across steps) with the in-place Adam (ever
 one scratch chunk) must produce exactly the parameters of the plain array-API path (fresh arrays
 everywhere, the reference ``optim._adam_update``) -- for every model and every step kind the
 training recipes use.  Where CuPy and a GPU are present the fused kernels are compared with the
-array-API code on the same device; elsewhere those tests skip.  No timing here: ``python run.py
+array-API code on the same device (Adam, ReLU, the Bernoulli likelihood); elsewhere those
+tests skip.  No timing here: ``python run.py
 bench`` and ``scripts/vs_torch.py`` measure speed."""
 import pickle
 
@@ -191,3 +192,18 @@ def test_buffered_gpu_step_is_bit_identical_to_the_array_api_step(name):  # prag
     assert ref_hist == new_hist
     for k in ref:
         assert np.array_equal(ref[k], new[k]), k
+
+
+def test_fused_bernoulli_matches_on_gpu():  # pragma: no cover - GPU only
+    cupy = _cupy_or_skip()
+    from scratchvae import fused
+    from scratchvae.distributions.likelihoods import Bernoulli
+
+    b = Backend("cupy", "float32")
+    rng = np.random.default_rng(4)
+    x = b.asarray((rng.random((16, 30)) < 0.3).astype(np.float32))
+    out = b.asarray(8 * rng.standard_normal((2, 16, 30)).astype(np.float32))
+    dll = b.asarray(rng.standard_normal((2, 16)).astype(np.float32))
+    ll, cache = Bernoulli().loglik(b, x, out)                   # the array-API reference
+    assert bool(cupy.all(cupy.sum(fused.bernoulli_term(x, out), axis=-1) == ll))
+    assert bool(cupy.all(fused.bernoulli_backward(dll, x, out) == Bernoulli().backward(b, dll, cache)))

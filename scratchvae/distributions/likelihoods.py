@@ -34,6 +34,9 @@ class Bernoulli:
     def loglik(self, b, x, out):
         """x (B, D), out (S, B, D) logits -> ll (S, B), cache."""
         xp = b.xp
+        fused = b.ws.fused if b.ws is not None else None     # CuPy in a step: one kernel
+        if fused is not None:
+            return xp.sum(fused.bernoulli_term(x, out), axis=-1), BernoulliCache(x, out)
         e = xp.exp(-xp.abs(out))                       # in (0, 1]: no overflow anywhere
         softplus = xp.maximum(out, 0.0) + xp.log1p(e)  # log(1 + e^l)
         # (B.7.1), (M.11): log p(x|z) of (M.1) as x l - softplus(l), never through sigmoid(l)
@@ -42,6 +45,8 @@ class Bernoulli:
 
     def backward(self, b, dll, cache: BernoulliCache):
         """dll (S, B) -> dout (S, B, D)."""
+        if b.ws is not None and b.ws.fused is not None:     # the same arithmetic, one kernel
+            return b.ws.fused.bernoulli_backward(dll, cache.x, cache.out)
         return dll[..., None] * (cache.x - b.sigmoid(cache.out))   # (B.7.2)
 
     def mean(self, b, out):
