@@ -96,7 +96,9 @@ def main(argv=None):
     with threadpool_limits(limits=args.threads, user_api="blas"), np.errstate(all="ignore"):
         for name in names:
             r = compare(name, args.batch, args.blocks, args.peers)
-            r.update(threads=args.threads, torch=torch.__version__, numpy=np.__version__)
+            import scratchvae
+            r.update(threads=args.threads, torch=torch.__version__, numpy=np.__version__,
+                     scratchvae=scratchvae.__file__)
             print(f"# {name}: scratchvae {r['ours_ms']:.1f} ms, torch {r['torch_ms']:.1f} ms, "
                   f"ratio {r['ratio']:.2f} ({args.threads} thread(s), batch {args.batch}, "
                   f"{r['steps_each']} steps each)")

@@ -61,8 +61,8 @@ class Bernoulli:
         e0 = np_.multiply(e.view(ints), normal, out=buf("lik.e0").view(ints)).view(e.dtype)
         lp = np_.log1p(e0, out=buf("lik.lp"))
         lp += np_.subtract(e, e0, out=e0)                  # = log1p(e), bit for bit
-        sp = np_.add(np_.maximum(out, 0.0, out=buf("lik.t")), lp, out=lp)  # softplus(l)
-        t = np_.multiply(x, out, out=buf("lik.t"))
+        sp = np_.add(np_.maximum(out, 0.0, out=e0), lp, out=lp)   # softplus(l)
+        t = np_.multiply(x, out, out=e)
         return xp.sum(np_.subtract(t, sp, out=t), axis=-1)   # (B.7.1): x l - softplus(l)
 
     def backward(self, b, dll, cache: BernoulliCache):
