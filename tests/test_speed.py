@@ -138,8 +138,8 @@ def test_inplace_adam_matches_the_reference_update(dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_buffered_bernoulli_is_exact_through_the_subnormal_band(dtype):
     """Confident logits (|l| up to 800: e^-|l| normal, subnormal and 0 in both dtypes) give the
-    reference's log-likelihood bit for bit on the buffered path, which skips log1p where e^-|l|
-    is subnormal (log1p(e) = e there)."""
+    reference's log-likelihood and its gradient bit for bit on the buffered path, which skips
+    log1p where e^-|l| is subnormal (log1p(e) = e there)."""
     from scratchvae.distributions.likelihoods import Bernoulli
 
     b = Backend("numpy", dtype)
@@ -147,10 +147,13 @@ def test_buffered_bernoulli_is_exact_through_the_subnormal_band(dtype):
     x = (rng.random((64, 301)) < 0.3).astype(dtype)
     out = (rng.choice([1, 10, 90, 100, 110, 720, 745, 800], size=(2, 64, 301))
            * rng.uniform(-1, 1, (2, 64, 301))).astype(dtype)
-    ref, _ = Bernoulli().loglik(b, x, out)
+    dll = rng.standard_normal((2, 64)).astype(dtype)
+    ref, cache = Bernoulli().loglik(b, x, out)
+    dref = Bernoulli().backward(b, dll, cache)
     with b.reusing(b.workspace()):
-        new, _ = Bernoulli().loglik(b, x, out)
-    assert np.array_equal(ref, new)
+        new, cache = Bernoulli().loglik(b, x, out)
+        dnew = Bernoulli().backward(b, dll, cache)
+    assert np.array_equal(ref, new) and np.array_equal(dref, dnew)
 
 
 def test_log1p_is_the_identity_on_every_float32_subnormal():
