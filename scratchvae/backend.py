@@ -19,6 +19,7 @@ checkpoint at step ``t`` draws exactly the noise an uninterrupted run would have
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from .errors import ScratchVAEError
 
 BACKENDS = ("numpy", "cupy", "strict")
+MIN_BUFFER_BYTES = 1 << 20     # Workspace: arrays below 1 MiB are left to malloc (measured)
 DTYPES = ("float32", "float64")
 
 
@@ -230,12 +232,18 @@ class Workspace:
     def __init__(self, native, name="numpy"):
         self.np, self.name = native, name
         self._bufs = {}
+        self.min_bytes = MIN_BUFFER_BYTES
         self.fused = None
         if name == "cupy":  # pragma: no cover - GPU only
             from . import fused
             self.fused = fused
 
     def buf(self, tag, shape, dtype):
+        """The buffer ``tag`` of this shape and dtype, or None (let the operation allocate) when
+        it is smaller than ``min_bytes``: small temporaries come from malloc's free lists, hot
+        in cache, where a set of persistent buffers would be cold (measured, README "Speed")."""
+        if self.min_bytes and math.prod(shape) * np.dtype(dtype).itemsize < self.min_bytes:
+            return None
         key = (tag, shape, dtype)
         a = self._bufs.get(key)
         if a is None:

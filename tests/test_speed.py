@@ -13,6 +13,7 @@ import pickle
 import numpy as np
 import pytest
 
+from scratchvae import backend as backend_mod
 from scratchvae import optim
 from scratchvae.backend import Backend
 from scratchvae.models.gmvae import AnchoredGMVAE, GMVAE, GMVAEConfig, PretrainAE
@@ -22,6 +23,12 @@ from scratchvae.optim import Adam
 from scratchvae.train import TrainConfig, fit
 
 D = 12
+
+
+@pytest.fixture(autouse=True)
+def _buffer_everything(monkeypatch):
+    """The test networks are tiny: buffer every array (the default leaves < 1 MiB to malloc)."""
+    monkeypatch.setattr(backend_mod, "MIN_BUFFER_BYTES", 0)
 
 
 def _vae(b, **kw):
@@ -76,9 +83,11 @@ def _train(name, buffered, dtype="float32", backend="numpy"):
     return params, opt, hist
 
 
+@pytest.mark.parametrize("min_bytes", [0, 400])       # every array buffered; only the larger
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_buffered_step_is_bit_identical_to_the_reference(name, monkeypatch):
+def test_buffered_step_is_bit_identical_to_the_reference(name, min_bytes, monkeypatch):
     monkeypatch.setattr(optim, "_CHUNK", 50)           # several chunks per array, and a tail
+    monkeypatch.setattr(backend_mod, "MIN_BUFFER_BYTES", min_bytes)
     ref, ref_opt, ref_hist = _train(name, buffered=False)
     new, new_opt, new_hist = _train(name, buffered=True)
     assert min(new_opt.used) > 0 and not any(ref_opt.used)     # the buffers were used
@@ -135,13 +144,15 @@ def test_inplace_adam_matches_the_reference_update(dtype, monkeypatch):
         assert np.array_equal(opts[0].v[k], opts[1].v[k]), k
 
 
+@pytest.mark.parametrize("min_bytes", [0, 1 << 30])     # in buffers; all left to malloc
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_buffered_bernoulli_is_exact_through_the_subnormal_band(dtype):
+def test_buffered_bernoulli_is_exact_through_the_subnormal_band(dtype, min_bytes, monkeypatch):
     """Confident logits (|l| up to 800: e^-|l| normal, subnormal and 0 in both dtypes) give the
     reference's log-likelihood and its gradient bit for bit on the buffered path, which skips
     log1p where e^-|l| is subnormal (log1p(e) = e there)."""
     from scratchvae.distributions.likelihoods import Bernoulli
 
+    monkeypatch.setattr(backend_mod, "MIN_BUFFER_BYTES", min_bytes)
     b = Backend("numpy", dtype)
     rng = np.random.default_rng(5)
     x = (rng.random((64, 301)) < 0.3).astype(dtype)

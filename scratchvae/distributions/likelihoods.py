@@ -53,8 +53,8 @@ class Bernoulli:
         if ws.fused is not None:
             return xp.sum(ws.fused.bernoulli_term(x, out), axis=-1)
         np_, buf = ws.np, (lambda tag, dt=out.dtype: ws.buf(tag, out.shape, dt))
-        e, e0 = buf("lik.e"), buf("lik.e0")
-        np_.exp(np_.negative(np_.abs(out, out=e), out=e), out=e)         # e^-|l|, in [0, 1]
+        e = np_.abs(out, out=buf("lik.e"))
+        np_.exp(np_.negative(e, out=e), out=e)                              # e^-|l|, in [0, 1]
         tiny = xp.finfo(e.dtype).smallest_normal
         if not np_.min(e) < tiny:                           # no subnormal: log1p as it is
             lp = np_.log1p(e, out=buf("lik.lp"))
@@ -62,10 +62,12 @@ class Bernoulli:
             ints = np_.dtype(f"i{e.itemsize}")              # e >= 0: its bits order as ints
             normal = np_.greater_equal(e.view(ints), np_.asarray(tiny).view(ints),
                                        out=buf("lik.normal", bool))
-            np_.multiply(e.view(ints), normal, out=e0.view(ints))   # e0: e, subnormals -> 0
+            e0 = buf("lik.e0")
+            e0 = np_.multiply(e.view(ints), normal, out=None if e0 is None else e0.view(ints))
+            e0 = e0.view(e.dtype)                           # e0: e with its subnormals -> 0
             lp = np_.log1p(e0, out=buf("lik.lp"))
             lp += np_.subtract(e, e0, out=e0)              # = log1p(e), bit for bit
-        sp = np_.add(np_.maximum(out, 0.0, out=e0), lp, out=lp)   # softplus(l)
+        sp = np_.add(np_.maximum(out, 0.0, out=buf("lik.e0")), lp, out=lp)   # softplus(l)
         t = np_.multiply(x, out, out=e)
         return xp.sum(np_.subtract(t, sp, out=t), axis=-1)   # (B.7.1): x l - softplus(l)
 
@@ -75,9 +77,10 @@ class Bernoulli:
         if ws is not None and ws.fused is not None:         # the same arithmetic, one kernel
             return ws.fused.bernoulli_backward(dll, cache.x, cache.out)
         if ws is not None:                                  # the same operations, in a buffer
-            np_, s = ws.np, ws.buf("lik.dout", cache.out.shape, cache.out.dtype)
+            np_ = ws.np
+            s = np_.negative(cache.out, out=ws.buf("lik.dout", cache.out.shape, cache.out.dtype))
             with np_.errstate(over="ignore"):               # e^-l = inf -> sigmoid 0, as b.sigmoid
-                np_.exp(np_.negative(cache.out, out=s), out=s)
+                np_.exp(s, out=s)
             s += 1.0
             np_.divide(1.0, s, out=s)                      # sigmoid(l) = 1 / (1 + e^-l)
             return np_.multiply(dll[..., None], np_.subtract(cache.x, s, out=s), out=s)
