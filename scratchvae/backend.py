@@ -219,9 +219,10 @@ class Backend:
 class Workspace:
     """Named buffers reused from one training step to the next: all the buffer plumbing.
 
-    Why: a (256, 2000) float32 array is 2 MB, which glibc serves by a fresh ``mmap`` and returns
-    on ``free``; every step then page-faults its temporaries in anew, and that, not arithmetic,
-    was most of the step's overhead above its matrix products.  A block that gets a workspace
+    Why (issue #13): a (256, 2000) float32 array is 2 MB, which glibc serves by a fresh ``mmap``
+    and returns on ``free``, so every step page-faulted its temporaries in anew.  (Measured here:
+    the VAE step 49.2 -> 47.0 ms in one process; README "Speed" has the numbers, including where
+    buffers do not pay: arrays under ``min_bytes``.)  A block that gets a workspace
     writes its output into ``ws.buf(tag, shape, dtype)`` -- the same memory every step -- with
     the library's ``out=`` argument (``ws.np`` is NumPy or CuPy itself).  The values are the
     same operations in the same order, so the numbers are bit for bit those of the plain path
