@@ -27,7 +27,7 @@ D = 12
 
 @pytest.fixture(autouse=True)
 def _buffer_everything(monkeypatch):
-    """The test networks are tiny: buffer every array (the default leaves < 1 MiB to malloc)."""
+    """The test networks are tiny: buffer every array (the default leaves < 480 kB to malloc)."""
     monkeypatch.setattr(backend_mod, "MIN_BUFFER_BYTES", 0)
 
 
