@@ -19,6 +19,7 @@ checkpoint at step ``t`` draws exactly the noise an uninterrupted run would have
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from .errors import ScratchVAEError
 
 BACKENDS = ("numpy", "cupy", "strict")
+MIN_BUFFER_BYTES = 480_000   # Workspace: smaller arrays are left to malloc (measured, README "Speed")
 DTYPES = ("float32", "float64")
 
 
@@ -70,6 +72,7 @@ class Backend:
     xp: object = field(init=False, repr=False)
     dtype: object = field(init=False, repr=False)
     device: object = field(init=False, repr=False)
+    ws: object = field(init=False, repr=False, default=None)   # the active Workspace, or None
 
     def __post_init__(self):
         if self.name not in BACKENDS:
@@ -180,11 +183,87 @@ class Backend:
         xp = self.xp
         return xp.astype(xp.reshape(k, (-1, 1)) == self.arange(K)[None, :], self.dtype)
 
+    # ------------------------------------------------------------------ buffer reuse
+    def workspace(self):
+        """A fresh :class:`Workspace` for this backend's library, or None on array-api-strict
+        (the standard has no ``out=``: strict always runs the plain reference path)."""
+        if self.name == "strict":
+            return None
+        if self.name == "cupy":  # pragma: no cover - GPU only
+            import cupy as native
+        else:
+            native = np
+        return Workspace(native, self.name)
+
+    def reusing(self, ws):
+        """``with b.reusing(ws):`` -- the blocks below write into ``ws``'s buffers (one training
+        step); outside it (and with ``ws=None``) every block allocates, the reference path."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            prev, self.ws = self.ws, ws
+            try:
+                yield ws
+            finally:
+                self.ws = prev
+        return ctx()
+
     def describe(self) -> dict:
         d = {"backend": self.name, "dtype": self.dtype_name}
         if self.device is not None:
             d["device"] = str(self.device)
         return d
+
+
+class Workspace:
+    """Named buffers reused from one training step to the next: all the buffer plumbing.
+
+    Why (issue #13): a (256, 2000) float32 array is 2 MB, which glibc serves by a fresh ``mmap``
+    and returns on ``free``, so every step page-faulted its temporaries in anew.  (Measured here:
+    the VAE step 49.2 -> 47.0 ms in one process; README "Speed" has the numbers, including where
+    buffers do not pay: arrays under ``min_bytes``.)  A block that gets a workspace
+    writes its output into ``ws.buf(tag, shape, dtype)`` -- the same memory every step -- with
+    the library's ``out=`` argument (``ws.np`` is NumPy or CuPy itself).  The values are the
+    same operations in the same order, so the numbers are bit for bit those of the plain path
+    (``tests/test_speed.py``).  Contract: a buffer is valid until the same tag is written again,
+    i.e. until the next step; nothing returned to the caller of a step may be a buffer except
+    what that step consumes (gradients, caches).  ``fused`` is the CuPy kernel set or None."""
+
+    def __init__(self, native, name="numpy"):
+        self.np, self.name = native, name
+        self._bufs = {}
+        self.min_bytes = MIN_BUFFER_BYTES
+        self.fused = None
+        if name == "cupy":  # pragma: no cover - GPU only
+            from . import fused
+            self.fused = fused
+
+    def buf(self, tag, shape, dtype):
+        """The buffer ``tag`` of this shape and dtype, or None (let the operation allocate) when
+        it is smaller than ``min_bytes``: small temporaries come from malloc's free lists, hot
+        in cache, where a set of persistent buffers would be cold (measured, README "Speed")."""
+        if self.min_bytes and math.prod(shape) * np.dtype(dtype).itemsize < self.min_bytes:
+            return None
+        key = (tag, shape, dtype)
+        a = self._bufs.get(key)
+        if a is None:
+            a = self._bufs[key] = self.np.empty(shape, dtype=dtype)
+        return a
+
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self._bufs.values())
+
+    def __reduce__(self):
+        # pickled (with its optimiser, by an estimator) as an empty workspace: buffers are scratch
+        return (_empty_workspace, (self.name,))
+
+
+def _empty_workspace(name):
+    if name == "cupy":  # pragma: no cover - GPU only
+        import cupy
+        return Workspace(cupy, name)
+    return Workspace(np, name)
 
 
 class RNG:

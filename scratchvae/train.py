@@ -80,11 +80,11 @@ def fit(model, params, X, tcfg: TrainConfig, **kw):
     """Train ``model`` on device array ``X`` (N, D); see :func:`_fit`.  This wrapper picks the
     BLAS thread count for the problem size and, on NumPy, silences floating-point warnings:
     a diverging run is reported once, by the finite-loss check at the end of each epoch."""
-    import contextlib
-
-    quiet = np.errstate(all="ignore") if model.b.name == "numpy" else contextlib.nullcontext()
+    quiet = np.errstate(all="ignore") if model.b.name == "numpy" else np.errstate()  # no-op
     with blas_limit(model.b, params, tcfg.batch_size), quiet:
-        return _fit(model, params, X, tcfg, **kw)
+        out = _fit(model, params, X, tcfg, **kw)
+    out[1].ws = model.b.workspace()          # the step buffers are scratch: none outlive the run
+    return out
 
 
 def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, history=None,
@@ -116,10 +116,11 @@ def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, histor
             idx = perm[i * B:min((i + 1) * B, N)]   # the array API rejects out-of-range slices
             xb = xp.take(X, idx, axis=0)
             noise = model.sample_noise(b.rng(rng_tag, "step", step), xb.shape[0])
-            loss, grads, aux = model.loss_and_grads(params, xb, noise)
-            opt.step(params, grads, lr=lr)
-            if hasattr(model, "post_step"):   # non-gradient state (e.g. VQ codebook EMA)
-                model.post_step(params, aux, step)
+            with b.reusing(opt.ws):              # the step writes into buffers kept across steps
+                loss, grads, aux = model.loss_and_grads(params, xb, noise)
+                opt.step(params, grads, lr=lr)
+                if hasattr(model, "post_step"):   # non-gradient state (e.g. VQ codebook EMA)
+                    model.post_step(params, aux, step)
             step += 1
             n_in_epoch += 1
             ep_loss = loss if ep_loss is None else ep_loss + loss

@@ -208,6 +208,9 @@ def build_parser():
                            metavar="N", help="timed training steps (default 20)")
             s.add_argument("--bench-batch", type=_number(int, "positive"), default=256,
                            metavar="N", help="batch size of the timed steps (default 256)")
+            s.add_argument("--threads", type=_number(int, "positive"), default=1, metavar="N",
+                           help="BLAS threads of the timed steps (default 1: on a shared "
+                                "machine threads fighting for cores cost up to 5x)")
         add_run_options(s, seeds=cmd in ("compare", "seeds", "baselines"),
                         seed=cmd not in ("compare", "seeds", "eval", "baselines"),
                         out=cmd in ("train", "compare", "seeds", "baselines", "eval"),

@@ -1,0 +1,247 @@
+"""The speed paths give the reference's numbers, bit for bit.
+
+A training step inside a workspace (``backend.Workspace``: products, biases, ReLU and bias
+gradients written into buffers reused across steps) with the in-place Adam (every temporary in
+one scratch chunk) must produce exactly the parameters of the plain array-API path (fresh arrays
+everywhere, the reference ``optim._adam_update``) -- for every model and every step kind the
+training recipes use.  Where CuPy and a GPU are present the fused kernels are compared with the
+array-API code on the same device (Adam, ReLU, the Bernoulli likelihood); elsewhere those
+tests skip.  No timing here: ``python run.py
+bench`` and ``scripts/vs_torch.py`` measure speed."""
+import pickle
+
+import numpy as np
+import pytest
+
+from scratchvae import backend as backend_mod
+from scratchvae import optim
+from scratchvae.backend import Backend
+from scratchvae.models.gmvae import AnchoredGMVAE, GMVAE, GMVAEConfig, PretrainAE
+from scratchvae.models.vae import VAE, VAEConfig
+from scratchvae.models.vqvae import VQVAE, VQVAEConfig
+from scratchvae.optim import Adam
+from scratchvae.train import TrainConfig, fit
+
+D = 12
+
+
+@pytest.fixture(autouse=True)
+def _buffer_everything(monkeypatch):
+    """The test networks are tiny: buffer every array (the default leaves < 480 kB to malloc)."""
+    monkeypatch.setattr(backend_mod, "MIN_BUFFER_BYTES", 0)
+
+
+def _vae(b, **kw):
+    return VAE(VAEConfig(D=D, latent_dim=3, hidden=(16, 9), **kw), b)
+
+
+def _gmvae(b, **kw):
+    return GMVAE(GMVAEConfig(D=D, latent_dim=3, hidden=(16, 9), clusters=3, **kw), b)
+
+
+def _anchored(b):
+    a = AnchoredGMVAE(_gmvae(b))
+    a.data = lambda X: a.pack(X, b.asarray(np.eye(3)[np.arange(X.shape[0]) % 3]))
+    return a
+
+
+MODELS = {
+    "vae": lambda b: _vae(b),
+    "vae-gaussian-2samples": lambda b: _vae(b, likelihood="gaussian", n_samples=2),
+    "vae-tanh": lambda b: _vae(b, act="tanh"),
+    "fullcov": lambda b: _vae(b, posterior="cholesky"),
+    "gmvae": lambda b: _gmvae(b),
+    "gmvae-cholesky": lambda b: _gmvae(b, posterior="cholesky"),
+    "gmvae-anchored": _anchored,
+    "gmvae-pretrain": lambda b: PretrainAE(_gmvae(b), drop=0.2),
+    "vqvae-ema": lambda b: VQVAE(VQVAEConfig(D=D, latent_dim=2, codes_per_input=2,
+                                             codebook_size=5, hidden=(16, 9), restart_every=2,
+                                             dead_after=1), b),
+    "vqvae-grad": lambda b: VQVAE(VQVAEConfig(D=D, latent_dim=2, codes_per_input=2,
+                                              codebook_size=5, hidden=(16, 9),
+                                              codebook_update="grad", kmeans_init=True), b),
+}
+
+
+def _train(name, buffered, dtype="float32", backend="numpy"):
+    b = Backend(backend, dtype, seed=3)
+    model = MODELS[name](b)
+    X = b.asarray((np.random.default_rng(0).random((37, D)) < 0.3).astype(np.float64))
+    if hasattr(model, "data"):
+        X = model.data(X)
+    params = model.init_params(b.rng("init"))
+    opt = Adam(b, params, lr=3e-3)
+    if not buffered:
+        opt.ws, opt.inplace = None, False               # the plain reference path
+    tcfg = TrainConfig(epochs=3, batch_size=16)         # batches of 16, 16 and 5 rows
+    used = []                                           # workspace bytes at each epoch's end
+    params, opt, step, hist = fit(model, params, X, tcfg, opt=opt, progress=False,
+                                  on_epoch=lambda rec, p, o: used.append(o.ws and o.ws.nbytes()))
+    opt.used = used
+    if backend != "numpy":                               # pragma: no cover - GPU only
+        params = {k: b.to_numpy(v) for k, v in params.items()}
+    return params, opt, hist
+
+
+@pytest.mark.parametrize("min_bytes", [0, 400])       # every array buffered; only the larger
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_buffered_step_is_bit_identical_to_the_reference(name, min_bytes, monkeypatch):
+    monkeypatch.setattr(optim, "_CHUNK", 50)           # several chunks per array, and a tail
+    monkeypatch.setattr(backend_mod, "MIN_BUFFER_BYTES", min_bytes)
+    ref, ref_opt, ref_hist = _train(name, buffered=False)
+    new, new_opt, new_hist = _train(name, buffered=True)
+    assert min(new_opt.used) > 0 and not any(ref_opt.used)     # the buffers were used
+    assert new_opt.ws.nbytes() == 0                             # and released after the run
+    assert ref_hist == new_hist
+    for k in ref:
+        assert np.array_equal(ref[k], new[k]), k
+        if k in ref_opt.m:
+            assert np.array_equal(ref_opt.m[k], new_opt.m[k]) and np.array_equal(
+                ref_opt.v[k], new_opt.v[k]), k
+
+
+def test_the_comparison_can_fail(monkeypatch):
+    """A buffered ReLU backward that forgot the mask is caught by the same comparison."""
+    from scratchvae import nn
+
+    ref, _, _ = _train("vae", buffered=False)
+    orig = nn.ACTIVATIONS["relu"]
+    monkeypatch.setitem(nn.ACTIVATIONS, "relu", (
+        orig[0], lambda b, dy, y, inplace=False: orig[1](b, dy, y) if not inplace else dy))
+    bad, _, _ = _train("vae", buffered=True)
+    assert not all(np.array_equal(ref[k], bad[k]) for k in ref)
+
+
+def test_buffers_are_reused_across_steps():
+    """After the first epoch no step allocates a new buffer (same batch sizes)."""
+    b = Backend("numpy", "float32", seed=0)
+    m = _vae(b)
+    X = b.asarray((np.random.default_rng(0).random((32, D)) < 0.3).astype(np.float32))
+    p = m.init_params(b.rng("i"))
+    seen = []
+    fit(m, p, X, TrainConfig(epochs=3, batch_size=16), progress=False,
+        on_epoch=lambda rec, p, o: seen.append({k: id(v) for k, v in o.ws._bufs.items()}))
+    assert seen[0] and seen[0] == seen[1] == seen[2]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_inplace_adam_matches_the_reference_update(dtype, monkeypatch):
+    monkeypatch.setattr(optim, "_CHUNK", 64)
+    rng = np.random.default_rng(1)
+    b = Backend("numpy", dtype)
+    shapes = {"a": (13, 11), "b": (7,), "c": (300,), "t": (9, 5)}
+    params = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    params["t"] = np.asfortranarray(params["t"])        # not C-contiguous: a whole-array item
+    twins = [{k: v.copy(order="K") for k, v in params.items()} for _ in range(2)]
+    opts = [Adam(b, twins[0]), Adam(b, twins[1])]
+    opts[0].inplace = False
+    for t in range(5):
+        grads = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+        for o, p in zip(opts, twins):
+            o.step(p, grads, lr=1e-2 * (t + 1))
+    for k in shapes:
+        assert np.array_equal(twins[0][k], twins[1][k]), k
+        assert np.array_equal(opts[0].v[k], opts[1].v[k]), k
+
+
+@pytest.mark.parametrize("min_bytes", [0, 1 << 30])     # in buffers; all left to malloc
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_buffered_bernoulli_is_exact_through_the_subnormal_band(dtype, min_bytes, monkeypatch):
+    """Confident logits (|l| up to 800: e^-|l| normal, subnormal and 0 in both dtypes) give the
+    reference's log-likelihood and its gradient bit for bit on the buffered path, which skips
+    log1p where e^-|l| is subnormal (log1p(e) = e there)."""
+    from scratchvae.distributions.likelihoods import Bernoulli
+
+    monkeypatch.setattr(backend_mod, "MIN_BUFFER_BYTES", min_bytes)
+    b = Backend("numpy", dtype)
+    rng = np.random.default_rng(5)
+    x = (rng.random((64, 301)) < 0.3).astype(dtype)
+    out = (rng.choice([1, 10, 90, 100, 110, 720, 745, 800], size=(2, 64, 301))
+           * rng.uniform(-1, 1, (2, 64, 301))).astype(dtype)
+    dll = rng.standard_normal((2, 64)).astype(dtype)
+    ref, cache = Bernoulli().loglik(b, x, out)
+    dref = Bernoulli().backward(b, dll, cache)
+    with b.reusing(b.workspace()):
+        new, cache = Bernoulli().loglik(b, x, out)
+        dnew = Bernoulli().backward(b, dll, cache)
+    assert np.array_equal(ref, new) and np.array_equal(dref, dnew)
+
+
+def test_log1p_is_the_identity_on_every_float32_subnormal():
+    """The shortcut's premise, exhaustively (2^23 - 1 values)."""
+    d = np.arange(1, 1 << 23, dtype=np.uint32).view(np.float32)
+    assert np.array_equal(np.log1p(d), d)
+
+
+def test_workspace_pickles_empty_and_strict_has_none():
+    b = Backend("numpy", "float32")
+    ws = b.workspace()
+    ws.buf("x", (3, 4), np.float32)
+    assert pickle.loads(pickle.dumps(ws)).nbytes() == 0
+    assert Backend("strict", "float32").workspace() is None
+
+
+# ------------------------------------------------------------------ GPU: fused vs array API
+def _cupy_or_skip():
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception as exc:   # pragma: no cover - depends on the machine
+        pytest.skip(f"no usable CUDA device ({exc})")
+    return cupy
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_adam_matches_the_array_api_update_on_gpu(dtype):  # pragma: no cover - GPU only
+    cupy = _cupy_or_skip()
+    from scratchvae import fused
+
+    rng = np.random.default_rng(2)
+    arrays = [cupy.asarray(rng.standard_normal((257, 33)).astype(dtype)) for _ in range(2)]
+    p0, g = arrays
+    m0, v0 = cupy.zeros_like(p0), cupy.zeros_like(p0)
+    ref = [p0.copy(), m0.copy(), v0.copy()]
+    new = [p0.copy(), m0.copy(), v0.copy()]
+    for t in range(1, 4):
+        optim._adam_update(ref[0], g, ref[1], ref[2], 0.9, 0.999, 1e-3 * t, 1e-8)
+        fused.adam_update_(new[0], g, new[1], new[2], 0.9, 0.999, 1e-3 * t, 1e-8)
+    for r, n in zip(ref, new):
+        assert bool(cupy.all(r == n))
+
+
+def test_fused_relu_backward_matches_on_gpu():  # pragma: no cover - GPU only
+    cupy = _cupy_or_skip()
+    from scratchvae import fused
+
+    rng = np.random.default_rng(3)
+    y = cupy.maximum(cupy.asarray(rng.standard_normal((64, 50)).astype(np.float32)), 0)
+    dy = cupy.asarray(rng.standard_normal((64, 50)).astype(np.float32))
+    ref = dy * (y > 0).astype(dy.dtype)
+    assert bool(cupy.all(fused.relu_backward_(dy.copy(), y) == ref))
+
+
+@pytest.mark.parametrize("name", ["vae", "fullcov", "gmvae", "gmvae-pretrain", "vqvae-ema"])
+def test_buffered_gpu_step_is_bit_identical_to_the_array_api_step(name):  # pragma: no cover
+    """On CuPy: workspace + fused Adam and ReLU kernels against the plain array-API step."""
+    _cupy_or_skip()
+    ref, _, ref_hist = _train(name, buffered=False, backend="cupy")
+    new, _, new_hist = _train(name, buffered=True, backend="cupy")
+    assert ref_hist == new_hist
+    for k in ref:
+        assert np.array_equal(ref[k], new[k]), k
+
+
+def test_fused_bernoulli_matches_on_gpu():  # pragma: no cover - GPU only
+    cupy = _cupy_or_skip()
+    from scratchvae import fused
+    from scratchvae.distributions.likelihoods import Bernoulli
+
+    b = Backend("cupy", "float32")
+    rng = np.random.default_rng(4)
+    x = b.asarray((rng.random((16, 30)) < 0.3).astype(np.float32))
+    out = b.asarray(8 * rng.standard_normal((2, 16, 30)).astype(np.float32))
+    dll = b.asarray(rng.standard_normal((2, 16)).astype(np.float32))
+    ll, cache = Bernoulli().loglik(b, x, out)                   # the array-API reference
+    assert bool(cupy.all(cupy.sum(fused.bernoulli_term(x, out), axis=-1) == ll))
+    assert bool(cupy.all(fused.bernoulli_backward(dll, x, out) == Bernoulli().backward(b, dll, cache)))
