@@ -87,6 +87,7 @@ def curves(phases, path, title, terms=(("recon", "reconstruction"), ("reg", "KL 
         ax.grid(alpha=0.3)
     for ax in axes[:2]:
         ax.set_ylabel("nats per example")
+        _clip_spikes(ax)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=9)
     fig.suptitle(title, fontsize=12)
@@ -169,6 +170,22 @@ def confusion(y_true, y_pred, path, title):
     ax.set_title(f"{title}\nACC after Hungarian matching = {acc:.3f}", fontsize=11)
     save_fig(fig, path, dpi=DPI)
     return float(acc)
+
+
+def _clip_spikes(ax):
+    """A few epochs far above the rest (the first epoch of a phase, e.g. the anchored warm-up
+    starting with narrow components) would flatten every other curve: clip the y axis at 1.3x
+    the 98th percentile and say what is off scale."""
+    ys = np.concatenate([np.asarray(l.get_ydata(), dtype=float) for l in ax.get_lines()
+                         if len(l.get_ydata()) > 1] or [np.zeros(0)])
+    ys = ys[np.isfinite(ys)]
+    if ys.size < 10:
+        return
+    lo, hi, top = ys.min(), np.percentile(ys, 98), ys.max()
+    if top - lo > 3 * (hi - lo) and hi > lo:
+        ax.set_ylim(top=hi + 0.3 * (hi - lo), bottom=lo - 0.05 * (hi - lo))
+        ax.text(0.99, 0.97, f"off scale: peak {top:.0f}", transform=ax.transAxes, ha="right",
+                va="top", fontsize=8, color="0.3")
 
 
 def embedding(Z, clusters, labels, path, title, max_points=2000, seed=0):

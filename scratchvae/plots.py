@@ -167,7 +167,9 @@ def _categorical(ax, Y, labels, name, fontsize=8):
     for i, c in enumerate(cats):
         m = labels == c
         ax.scatter(Y[m, 0], Y[m, 1], s=6, alpha=0.7, color=cmap(i % cmap.N), label=f"{name} {c}")
-    ax.legend(fontsize=fontsize, markerscale=2.5, ncol=2, loc="best", framealpha=0.8)
+    # below the axes: inside, a legend covers points wherever it goes
+    ax.legend(fontsize=fontsize, markerscale=2.5, ncol=min(5, cats.size), loc="upper center",
+              bbox_to_anchor=(0.5, -0.13), framealpha=0.8)
 
 
 def latent_scatter(Z, labels, centres, path, title, true_labels=None):
