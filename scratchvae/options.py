@@ -60,8 +60,8 @@ def spell(name: str, meta=None) -> str:
 class TrainOptions:
     epochs: int = option(60, "training epochs (GMVAE: only the final ELBO phase; its "
                          "pretraining and anchored warm-up epochs are separate options: "
-                         "pretrain_epochs (--pretrain-epochs) and anchor_epochs "
-                         "(--anchor-epochs))", check="positive")
+                         "pretrain_epochs (--pretrain-epochs) or pretrain_steps "
+                         "(--pretrain-steps), and anchor_epochs (--anchor-epochs))", check="positive")
     batch_size: int = option(128, "minibatch size (GMVAE: every phase)", check="positive")
     lr: float = option(1e-3, "Adam learning rate (GMVAE: of the warm-up and ELBO phases; the "
                        "pretraining has pretrain_lr, --pretrain-lr)", check="positive")

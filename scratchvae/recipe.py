@@ -23,7 +23,7 @@ class ClusteringRecipe:
     pretrain_epochs: int = option(0, "autoencoder pretraining epochs before the mixture is "
                                      "fitted; 0: as many as pretrain_steps needs",
                                   check="nonneg")
-    pretrain_steps: int = option(6000, "autoencoder pretraining length in Adam steps when "
+    pretrain_steps: int = option(10000, "autoencoder pretraining length in Adam steps when "
                                        "pretrain_epochs is 0 (whole epochs, 30 to 300; 0 with "
                                        "pretrain_epochs 0: no pretraining)", check="nonneg")
     pretrain_dropout: float = option(0.0, "input dropout of the (denoising) pretraining "
@@ -57,7 +57,7 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
 
     t0 = time.perf_counter()
     rep = {"init": r.init}
-    epochs = pretrain_epochs(r, X.shape[0], batch_size)
+    epochs = rep["pretrain_epochs"] = pretrain_epochs(r, X.shape[0], batch_size)
     if epochs > 0:
         pcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=r.pretrain_lr)
         _, popt, _, ph = fit(PretrainAE(model, drop=r.pretrain_dropout), params, X, pcfg,

@@ -405,10 +405,10 @@ def test_pretraining_is_budgeted_in_steps():
     from scratchvae.recipe import ClusteringRecipe, pretrain_epochs
 
     r = ClusteringRecipe()
-    assert (r.pretrain_epochs, r.pretrain_steps) == (0, 6000)
-    assert pretrain_epochs(r, 4000, 128) == 188          # 32 steps an epoch: ceil(6000 / 32)
-    assert pretrain_epochs(r, 1438, 128) == 300          # 12 steps an epoch: 500, capped
-    assert pretrain_epochs(r, 60000, 128) == 30          # 469 steps an epoch: 13, raised
+    assert (r.pretrain_epochs, r.pretrain_steps) == (0, 10000)
+    assert pretrain_epochs(r, 8000, 128) == 159          # 63 steps an epoch: ceil(10000 / 63)
+    assert pretrain_epochs(r, 1438, 128) == 300          # 12 steps an epoch: 834, capped
+    assert pretrain_epochs(r, 60000, 128) == 30          # 469 steps an epoch: 22, raised
     assert pretrain_epochs(r, 50, 128) == 300            # one step an epoch
     assert pretrain_epochs(ClusteringRecipe(pretrain_epochs=7), 4000, 128) == 7
     assert pretrain_epochs(ClusteringRecipe(pretrain_steps=0), 4000, 128) == 0

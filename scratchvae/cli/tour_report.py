@@ -141,7 +141,7 @@ def _gmvae_section(c, g) -> list:
               f"([`05-clustering-recipe.md`]({rel}/derivations/05-clustering-recipe.md#the-consensus-neighbour-graph)).", ""]
     L += [f"Phases: {g.get('pretrain_epochs', '?')} pretraining, {g.get('anchor_epochs', 0)} "
           f"anchored warm-up and {g.get('epochs')} ELBO epochs (`--epochs` sets only the ELBO "
-          "phase; `--pretrain-epochs` and `--anchor-epochs` set the others). Per epoch: "
+          "phase; `--pretrain-epochs` or `--pretrain-steps` and `--anchor-epochs` set the others). Per epoch: "
           "[gmvae/history.csv](gmvae/history.csv).", ""]
     L += _figs(c, "gmvae", [("curve.png", "training curves, all phases"),
                             ("reconstructions.png", "reconstructions"),
