@@ -133,7 +133,8 @@ def _gmvae_section(c, g) -> list:
           "Clustering metrics are on the held-out split; labels are used only to score.", ""]
     if g.get("init") == "graph":
         L += [f"Initialisation: spectral partition of the consensus {g.get('graph_k')}-NN graph "
-              f"({g.get('graph_edges_consensus')} edges agreed by data and latent means), "
+              f"({g.get('graph_edges_consensus')} edges agreed by data and latent means; "
+              f"{g.get('partition_overclustering')} x K clusters merged back to K by modularity), "
               f"training-split ACC of that partition {_f(g.get('partition_acc'))}; then "
               f"{g.get('anchor_epochs', '')} anchored warm-up epochs; the final clusters agree "
               f"with the partition on {_f(g.get('partition_agreement'))} of the training rows "
