@@ -96,9 +96,8 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
 def pretrain_epochs(r: ClusteringRecipe, n_rows: int, batch_size: int) -> int:
     """The pretraining's epochs: ``r.pretrain_epochs`` when given, else enough whole epochs of
     ``batch_size`` for ``r.pretrain_steps`` Adam steps, at least 30 and at most 300 (none when
-    both are 0).  A
-    step budget, not an epoch count, because the embedding improves with the number of updates:
-    30 epochs are 360 steps on the bundled digits but 16 000 on all of MNIST.
+    both are 0).  A step budget, not an epoch count, because the embedding improves with the
+    number of updates: 30 epochs are 360 steps on the bundled digits but 16 000 on all of MNIST.
     [05-clustering-recipe.md#pretraining-length]"""
     if r.pretrain_epochs > 0 or r.pretrain_steps == 0:
         return int(r.pretrain_epochs)
