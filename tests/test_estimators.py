@@ -231,6 +231,8 @@ def test_python_and_numpy_conventions():
     labels = g.fit_predict(ds.x_train)
     np.testing.assert_array_equal(labels, g.labels_)
     np.testing.assert_array_equal(labels, g.predict(ds.x_train))
+    for twin in (pickle.loads(pickle.dumps(g)), copy.deepcopy(g)):   # a fitted GMVAE too
+        np.testing.assert_array_equal(twin.predict(ds.x_test), g.predict(ds.x_test))
     with pytest.raises(AttributeError, match="no attribute 'partition_'"):
         GMVAE(init="gmm", epochs=1, pretrain_epochs=1, gmm_restarts=1, clusters=3,
               hidden=(8,)).fit(ds.x_train).partition_

@@ -98,6 +98,7 @@ class GMVAE(ClusterMixin, VAE):
     def _after_fit(self, Xd):
         self.labels_ = self.model_.predict(self.params_, Xd)
         self.__dict__.pop("_on_epoch", None)          # no reference to the data is kept
+        self.tracking_.pop("score", None)             # nor the closure over it (pickling)
         part = self.__dict__.get("partition_")
         if part is not None and len(part) == len(self.labels_):
             from ..metrics import cluster_acc
