@@ -133,6 +133,8 @@ def test_compare_and_seeds_commands(tmp_path, capsys, request):
     assert rec["latent_2d"]["fullcov"]["mean_abs_corr_test"] > 0.0
     text = _check_report(out, min_figures=3)    # both models side by side, their manifolds
     assert "(latent2d.png)" in text and "(manifold.png)" in text
+    for sub in ("vae-seed0", "fullcov-seed1", "vae-2d"):       # each run's own report: its links
+        _check_report(out / sub)                                  # (metrics.json) exist too
     assert "fullcov_minus_vae" in text and "(compare-iwae_ll.png)" in text
     capsys.readouterr()
     request.getfixturevalue("no_drawing")        # seeds' figures: the report test checks them

@@ -28,7 +28,8 @@ def run_model(name, est, ds, out, args) -> dict:
            "n_test": int(ds.x_test.shape[0]), **info}
     res.update(e.figures(est, ds, out, args.data))
     report.write_history(os.path.join(out, "history.csv"), est)
-    report.train_report(out, args, res, est)
+    write_json(os.path.join(out, "metrics.json"), res)    # the report links it (a command may
+    report.train_report(out, args, res, est)              # write a fuller record over it)
     return res
 
 
