@@ -350,3 +350,20 @@ def test_config_fifo_and_figures_to_file_are_refused_before_work(tmp_path, capsy
     err = _err(capsys, ["--quick", "--quiet", "--figures-to", str(tmp_path / "afile"),
                         "--out", str(tmp_path / "t")])
     assert "--figures-to" in err and not (tmp_path / "t").exists()
+
+
+def test_a_resumed_gmvae_keeps_its_earlier_phases_in_history_csv(tmp_path, no_drawing):
+    """The checkpoint keeps only the ELBO phase's history; history.csv keeps the pretraining
+    and warm-up rows of the first run and gains the new ELBO epochs."""
+    import csv
+
+    out = tmp_path / "g"
+    assert main(["--model", "gmvae", "--quick", "--limit", "200", "--hidden", "16", "--quiet",
+                 "--out", str(out)]) == 0
+    before = list(csv.DictReader(open(out / "history.csv")))
+    assert main(["--resume", str(out), "--epochs", "4", "--quiet"]) == 0
+    after = list(csv.DictReader(open(out / "history.csv")))
+    phases = [r["phase"] for r in after]
+    assert phases == ["pretrain"] * 2 + ["warm-up"] * 2 + ["train"] * 4
+    assert [r["loss"] for r in after[:4]] == [r["loss"] for r in before[:4]]
+    assert [r["epoch"] for r in after[4:]] == ["1", "2", "3", "4"]

@@ -18,6 +18,12 @@ def write_history(path, est) -> str:
     train), the epoch within it, the step, the loss and its parts, the learning rate, and what
     the epoch hook recorded (training ACC, agreement with the partition, re-seeded components)."""
     rows = []
+    if (getattr(est.options, "warm_start", False) and not getattr(est, "phase_history_", None)
+            and os.path.exists(path)):
+        # a resumed run: its checkpoint keeps only the last phase's history, so the earlier
+        # phases (the GMVAE's pretraining and warm-up) are carried over from the file
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("phase") not in ("train", None)]
     for phase, hist in (*getattr(est, "phase_history_", {}).items(), ("train", est.history_)):
         rows += [{"phase": phase, **h} for h in hist]
     cols = ["phase", "epoch", "step", "loss"]
