@@ -367,3 +367,15 @@ def test_a_resumed_gmvae_keeps_its_earlier_phases_in_history_csv(tmp_path, no_dr
     assert phases == ["pretrain"] * 2 + ["warm-up"] * 2 + ["train"] * 4
     assert [r["loss"] for r in after[:4]] == [r["loss"] for r in before[:4]]
     assert [r["epoch"] for r in after[4:]] == ["1", "2", "3", "4"]
+
+
+def test_compare_offers_only_its_models_options(capsys):
+    """compare trains the mean-field and full-covariance VAEs: GMVAE and VQ-VAE options are
+    neither listed nor accepted (they used to be listed, then refused as 'not of --model vae')."""
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = capsys.readouterr().out
+    assert "--hidden" in text and "--clusters" not in text and "--codebook-size" not in text
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--quick", "--clusters", "3"])
+    assert e.value.code == 2 and "unrecognized arguments: --clusters" in capsys.readouterr().err

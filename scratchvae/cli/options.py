@@ -108,12 +108,18 @@ COMMAND_OPTIONS = {
 }
 
 
-def add_model_options(p, only=None):
+# the models a command trains, where it is not --model's choice
+COMMAND_MODELS = {"compare": ("vae", "fullcov")}
+
+
+def add_model_options(p, only=None, models=None):
     g = p.add_argument_group("model and training options (flags left out take each model's "
                              "default)")
     for name, (f, per_model) in option_table().items():
         if only is not None and name not in only:
             continue
+        if models is not None and not set(per_model) & set(models):
+            continue                     # an option of none of the command's models
         flag = f.metadata.get("flag") or "--" + name.replace("_", "-")
         kind = type(f.default)
         kw = {"dest": name, "default": None,
@@ -215,7 +221,7 @@ def build_parser():
                         seed=cmd not in ("compare", "seeds", "eval", "baselines"),
                         out=cmd in ("train", "compare", "seeds", "baselines", "eval"),
                         quick=cmd != "eval")
-        add_model_options(s, COMMAND_OPTIONS.get(cmd))
+        add_model_options(s, COMMAND_OPTIONS.get(cmd), COMMAND_MODELS.get(cmd))
     return p
 
 
