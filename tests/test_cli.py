@@ -367,6 +367,13 @@ def test_a_resumed_gmvae_keeps_its_earlier_phases_in_history_csv(tmp_path, no_dr
     assert phases == ["pretrain"] * 2 + ["warm-up"] * 2 + ["train"] * 4
     assert [r["loss"] for r in after[:4]] == [r["loss"] for r in before[:4]]
     assert [r["epoch"] for r in after[4:]] == ["1", "2", "3", "4"]
+    # --config of the resumed run replays the whole model (its --quick budgets included) in one
+    # go, and gets the same numbers
+    m = json.loads((out / "metrics.json").read_text())
+    assert main(["--config", str(out / "metrics.json"), "--out", str(tmp_path / "h"),
+                 "--quiet"]) == 0
+    h = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    assert h["iwae_ll"] == m["iwae_ll"] and h["acc"] == m["acc"] and h["pretrain_epochs"] == 2
 
 
 def test_compare_offers_only_its_models_options(capsys):

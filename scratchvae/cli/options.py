@@ -287,6 +287,14 @@ def _config_block(argv) -> dict:
     if not isinstance(block, dict):
         Parser(prog=prog).error(f"--config {path!r} holds no options: give a metrics.json or "
                                 "seeds.json of a run, or a JSON object of option names")
+    if block.get("resume") and isinstance(data.get("options"), dict):
+        # a resumed run's command line holds only what changed; the model's every option
+        # (budgets of all phases included) is in its record, and trained in one go it gives
+        # the same model
+        opts = dict(data["options"])
+        if "random_state" in opts:
+            opts["seed"] = opts.pop("random_state")
+        block = {**opts, **{k: v for k, v in block.items() if v is not None}}
     return block
 
 
