@@ -71,7 +71,9 @@ def main(args) -> dict:
         ds = get_data(args, est.options.likelihood)
         est.check(ds.x_train)                    # everything fit would refuse, before any output
         resume_dir = None
-    out = args.out or resume_dir or default_out(name)
+    shown = resume_dir and os.path.relpath(resume_dir)       # printed as the other commands do
+    out = args.out or (shown if shown and not shown.startswith("..") else resume_dir) \
+        or default_out(name)
     resuming = resume_dir is not None and os.path.abspath(out) == resume_dir
     with run_folder(out, args, resuming=resuming):
         res = run_model(name, est, ds, out, args)
