@@ -30,6 +30,22 @@ import math
 import numpy as np
 
 
+def _set_mixture(model, params, logits, mu, *, var=None, raw=None, opt=None):
+    """Write the prior's parameters from host arrays: weights as logits (K,), means (K, J), and
+    the variances either as ``var`` (K, J; mapped through the inverse of (M.1a)) or already as
+    ``raw``.  With ``opt`` (Adam) the prior's moments are reset, so the new components do not
+    inherit the old ones' momentum."""
+    b, prior = model.b, model.prior
+    params["prior.pi_logits"] = b.asarray(logits)
+    params["prior.mu_c"] = b.asarray(mu)
+    params["prior.logvar_c"] = (b.asarray(raw) if raw is not None else
+                                prior.raw_from_logvar(b, b.asarray(np.log(var))))
+    if opt is not None:
+        for k in ("prior.pi_logits", "prior.mu_c", "prior.logvar_c"):
+            opt.m[k] = b.xp.zeros_like(params[k])
+            opt.v[k] = b.xp.zeros_like(params[k])
+
+
 def init_mixture_from_codes(model, params, Z: np.ndarray, *, seed: int = 0,
                             n_init: int = 10) -> dict:
     """Fit sklearn's GaussianMixture (diagonal covariances, ``n_init`` restarts, best by its
@@ -38,15 +54,12 @@ def init_mixture_from_codes(model, params, Z: np.ndarray, *, seed: int = 0,
     [05-clustering-recipe.md#mixture-initialisation]"""
     from sklearn.mixture import GaussianMixture
 
-    b = model.b
     prior = model.prior
     K = prior.K
     gm = GaussianMixture(n_components=K, covariance_type="diag", n_init=n_init,
                          random_state=seed, reg_covar=1e-6, max_iter=300).fit(Z)
     var = np.maximum(gm.covariances_, 1.5 * prior.var_min)
-    params["prior.pi_logits"] = b.asarray(np.log(np.maximum(gm.weights_, 1e-8)))
-    params["prior.mu_c"] = b.asarray(gm.means_)
-    params["prior.logvar_c"] = prior.raw_from_logvar(b, b.asarray(np.log(var)))
+    _set_mixture(model, params, np.log(np.maximum(gm.weights_, 1e-8)), gm.means_, var=var)
     return {"gmm_loglik_per_point": float(gm.score(Z)), "gmm_converged": bool(gm.converged_),
             "gmm_weights": gm.weights_.tolist()}
 
@@ -234,7 +247,7 @@ def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray
     overall scatter and a count of 1 before the weights are normalised (the collapse guard may
     re-seed it later).  [05-clustering-recipe.md#mixture-initialisation]"""
     # (C.2): pi_c = N_c / N, mu_c = mean, var_c = max(rho * scatter, 1.5 var_min)
-    b, prior = model.b, model.prior
+    prior = model.prior
     K, (N, J) = prior.K, Z.shape
     Z = Z.astype(np.float64)
     w = np.empty(K)
@@ -248,9 +261,7 @@ def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray
         else:
             w[c], mu[c], var[c] = 1.0, Z[rs.integers(N)], Z.var(0)
     var = np.maximum(var_ratio * var, 1.5 * prior.var_min)
-    params["prior.pi_logits"] = b.asarray(np.log(w / w.sum()))
-    params["prior.mu_c"] = b.asarray(mu)
-    params["prior.logvar_c"] = prior.raw_from_logvar(b, b.asarray(np.log(var)))
+    _set_mixture(model, params, np.log(w / w.sum()), mu, var=var)
     return {"init_weights": (w / w.sum()).tolist()}
 
 
@@ -276,14 +287,8 @@ def refit_mixture(model, params, X, labels: np.ndarray, opt=None, batch: int = 1
         m = labels == c
         mu[c], var[c] = Z[m].mean(0), Z[m].var(0) + V[m].mean(0)
     w = np.maximum(w, 1.0)
-    var = np.maximum(var, 1.5 * prior.var_min)
-    params["prior.pi_logits"] = b.asarray(np.log(w / w.sum()))
-    params["prior.mu_c"] = b.asarray(mu)
-    params["prior.logvar_c"] = prior.raw_from_logvar(b, b.asarray(np.log(var)))
-    if opt is not None:
-        for k in ("prior.pi_logits", "prior.mu_c", "prior.logvar_c"):
-            opt.m[k] = b.xp.zeros_like(params[k])
-            opt.v[k] = b.xp.zeros_like(params[k])
+    _set_mixture(model, params, np.log(w / w.sum()), mu,
+                 var=np.maximum(var, 1.5 * prior.var_min), opt=opt)
     return {"refit_weights": (w / w.sum()).tolist()}
 
 
@@ -343,11 +348,5 @@ def collapse_guard(model, params, pi_min: float = 0.1, opt=None, counts=None) ->
         logits[c] = logits[big] = logits[big] - math.log(2.0)
         if counts is not None:
             counts[c] = counts[big] = counts[big] / 2.0
-    params["prior.pi_logits"] = b.asarray(logits)
-    params["prior.mu_c"] = b.asarray(mu)
-    params["prior.logvar_c"] = b.asarray(raw)
-    if opt is not None:
-        for k in ("prior.pi_logits", "prior.mu_c", "prior.logvar_c"):
-            opt.m[k] = b.xp.zeros_like(params[k])
-            opt.v[k] = b.xp.zeros_like(params[k])
+    _set_mixture(model, params, logits, mu, raw=raw, opt=opt)
     return int(small.size)
