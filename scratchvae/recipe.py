@@ -39,6 +39,10 @@ class ClusteringRecipe:
                                     "partition", check="nonneg")
     gmm_restarts: int = option(10, "init gmm: GaussianMixture restarts on the latent means (best "
                                    "likelihood wins)", check="positive")
+    elbo_encoder: str = option("held", "the ELBO stage: hold the codes mu(x) as the warm-up "
+                                       "left them and train the decoder, the mixture and the "
+                                       "posterior spread (held), or train the whole encoder too "
+                                       "(trained, as VaDE)", choices=("held", "trained"))
     collapse_pi_min: float = option(0.1, "re-seed a component whose weight falls below this / K",
                                     check="nonneg")
 

@@ -60,6 +60,8 @@ RUNS = {
                        "--anchor-epochs", "0", "--out", "{out}", "--force", "--quiet"], None),
     "gmvae_gmm": ([PY, "run.py", "seeds", "--model", "gmvae", "--seeds", "5", "--init", "gmm",
                    "--out", "{out}", "--force", "--quiet"], None),
+    "gmvae_trained": ([PY, "run.py", "seeds", "--model", "gmvae", "--seeds", "5",
+                       "--elbo-encoder", "trained", "--out", "{out}", "--force", "--quiet"], None),
 }
 
 
@@ -291,7 +293,8 @@ def read_gmvae(run: str):
 
 READERS = {"kl": read_kl, "kl_score_wide": read_kl_score_wide, "kl_hessians": read_kl_hessians,
            "vqvae": read_vqvae, **{r: read_vq_compare(r) for r in ROWS},
-           **{r: read_gmvae(r) for r in ("gmvae", "gmvae_optimal", "gmvae_anchor0", "gmvae_gmm")}}
+           **{r: read_gmvae(r) for r in ("gmvae", "gmvae_optimal", "gmvae_anchor0", "gmvae_gmm",
+                                             "gmvae_trained")}}
 
 
 def main(argv=None) -> dict:

@@ -399,6 +399,62 @@ def test_gmvae_keeps_a_perfect_partition():
     assert all(h["partition_agreement"] == 1.0 for h in g.history_)
 
 
+@given(post=st.sampled_from(["diag", "cholesky"]), K=st.integers(1, 4), J=st.integers(1, 3),
+       B=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
+def test_held_codes_gradient_is_the_full_gradient_cut(b64, post, K, J, B, seed):
+    """The ELBO stage's gradient (HeldEncoder) is the full ELBO gradient restricted: the
+    decoder's and the prior's arrays equal, the encoder's output layer equal except its mean
+    columns, which are exactly zero, and no gradient for the encoder's hidden layers.  (The full
+    gradient is checked against finite differences above.)"""
+    from scratchvae.models.gmvae import HeldEncoder
+
+    m = model(b64, K=K, J=J, posterior=post, hidden=(5, 4))
+    p = randomise_prior(b64, m, m.init_params(b64.rng("i", seed)), seed)
+    x = b64.rng("x", seed).uniform((B, 6))
+    noise = m.sample_noise(b64.rng("e", seed), B)
+    loss_f, full, _ = m.loss_and_grads(p, x, noise)
+    loss_h, held, _ = HeldEncoder(m).loss_and_grads(p, x, noise)
+    assert float(loss_h) == float(loss_f)
+    last = f"encoder.{m.encoder.n_layers - 1}"
+    assert set(held) == {k for k in p if not k.startswith("encoder.")} | {last + ".W", last + ".b"}
+    for k in held:
+        want, got = b64.to_numpy(full[k]).copy(), b64.to_numpy(held[k])
+        if k.startswith(last):
+            want[..., :J] = 0.0
+            assert not np.any(got[..., :J])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15, err_msg=k)
+    assert set(m.loss_and_grads(p, x, noise, encoder="none")[1]) == \
+        {k for k in p if not k.startswith("encoder.")}
+
+
+def test_elbo_stage_holds_the_codes():
+    """With the default elbo_encoder="held", training on (a warm start of the ELBO stage) leaves
+    the encoder's hidden layers and mean columns bit for bit as they were -- so the codes mu(x)
+    and the labels stay -- while its variance columns, the decoder and the mixture train;
+    "trained" moves them all."""
+    from scratchvae import GMVAE
+    from scratchvae.data import load_dataset
+
+    ds = load_dataset("digits", limit=300)
+    for mode in ("held", "trained"):
+        g = GMVAE(epochs=1, pretrain_epochs=3, anchor_epochs=2, batch_size=64, latent_dim=3,
+                  hidden=(16,), clusters=4, elbo_encoder=mode).fit(ds.x_train)
+        before = {k: np.array(g.backend_.to_numpy(v)) for k, v in g.params_.items()}
+        codes = g.transform(ds.x_train)
+        g.set_params(warm_start=True, epochs=4).fit(ds.x_train)
+        after = {k: g.backend_.to_numpy(v) for k, v in g.params_.items()}
+        same = {k: np.array_equal(before[k], after[k]) for k in before}
+        mean_same = (np.array_equal(before["encoder.1.W"][:, :3], after["encoder.1.W"][:, :3])
+                     and np.array_equal(before["encoder.1.b"][:3], after["encoder.1.b"][:3]))
+        var_same = np.array_equal(before["encoder.1.W"][:, 3:], after["encoder.1.W"][:, 3:])
+        if mode == "held":
+            assert same["encoder.0.W"] and same["encoder.0.b"] and mean_same
+            assert np.array_equal(codes, g.transform(ds.x_train))
+            assert not (var_same or same["decoder.0.W"] or same["prior.mu_c"])
+        else:
+            assert not (same["encoder.0.W"] or mean_same or var_same or same["decoder.0.W"])
+
+
 def test_pretraining_is_budgeted_in_steps():
     """Epochs for pretrain_steps Adam steps, rounded up and kept in [30, 300]; an explicit
     pretrain_epochs wins; both 0: no pretraining."""

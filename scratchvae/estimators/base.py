@@ -15,7 +15,6 @@ import os
 import time
 
 import numpy as np
-
 from sklearn.base import BaseEstimator
 
 from ..backend import Backend
@@ -38,9 +37,7 @@ class Estimator(BaseEstimator):
     they save under), ``option_groups`` and ``train_defaults``; ``Options`` is then made by
     :meth:`options_class`."""
 
-    Options = None
-    model_class = None
-    config_class = None
+    Options = model_class = config_class = None
     kinds: tuple = ()
     option_groups: tuple = ()      # extra option dataclasses (scoring, the GMVAE's recipe)
     train_defaults: dict = {}      # per-model defaults of the training options
@@ -243,7 +240,7 @@ class Estimator(BaseEstimator):
             on_epoch = heldout_hook(self, on_epoch, self._device(self._check_X(eval_set)))
         self._meta = {**getattr(self, "_meta", {}), **(meta or {}), **self._meta_extra()}
         self.params_, self.opt_, self.step_, self.history_ = train_fit(
-            self.model_, self.params_, Xd, self.train_config(), opt=self.opt_, step=self.step_,
+            self._trained_model(), self.params_, Xd, self.train_config(), opt=self.opt_, step=self.step_,
             history=self.history_, desc=self.kind, progress=self.options.verbose,
             ckpt_path=checkpoint, meta=self.checkpoint_meta(), on_epoch=on_epoch)
         self.fit_seconds_ = time.perf_counter() - t0
@@ -300,6 +297,9 @@ class Estimator(BaseEstimator):
     def _epoch_hook(self, Xd, y):
         """``on_epoch(record, params, opt)`` called after every epoch, or None."""
         return None
+
+    def _trained_model(self):
+        return self.model_                  # what the main training stage trains
 
     def _after_fit(self, Xd):
         """Fitted attributes computed from the trained model (the GMVAE's ``labels_``)."""

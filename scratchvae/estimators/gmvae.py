@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.base import ClusterMixin
 
 from ..errors import UsageError
-from ..models.gmvae import GMVAE as GMVAEModel, GMVAEConfig
+from ..models.gmvae import GMVAE as GMVAEModel, GMVAEConfig, HeldEncoder
 from ..options import ScoreOptions, spell
 from ..recipe import ClusteringRecipe, epoch_hook, initialise
 from .vae import VAE
@@ -94,6 +94,15 @@ class GMVAE(ClusterMixin, VAE):
         if "_on_epoch" not in self.__dict__ or self.step_ > 0:   # a warm start: this X and y
             self._new_hook(Xd, y)
         return self._on_epoch
+
+    def _trained_model(self):
+        """The ELBO stage's model: the codes held (default) or the encoder trained too."""
+        if self.options.elbo_encoder != "held":
+            return self.model_
+        held = HeldEncoder(self.model_)
+        if self.opt_ is not None:                  # the recipe's optimiser trains on
+            held.hold(self.opt_)
+        return held
 
     def _after_fit(self, Xd):
         self.labels_ = self.model_.predict(self.params_, Xd)

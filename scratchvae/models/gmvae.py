@@ -155,3 +155,40 @@ class AnchoredGMVAE:
 
     def loss_and_grads(self, params, xq, noise):
         return self.m.loss_and_grads(params, *self._split(xq, noise))
+
+
+class HeldEncoder:
+    """The GMVAE's ELBO ((M.16)) with the codes mu(x) held: the decoder, the mixture and the
+    encoder's posterior spread (its output layer's non-mean columns) train; the encoder's hidden
+    layers and mean columns stay as the warm-up left them.  The clustering recipe's ELBO stage:
+    trained there, the encoder moves the codes toward what reconstructs best and away from the
+    partition it was anchored to (the ELBO rises while the clusters drift).
+    [05-clustering-recipe.md#the-elbo-stage-holds-the-codes]
+
+    :meth:`hold` zeroes the optimiser's moments of the mean columns: their gradient is then
+    always zero, so Adam's update m / (sqrt(v) + eps) is exactly 0 there, step after step."""
+
+    kind = "gmvae-held-codes"
+
+    def __init__(self, model: GMVAE):
+        self.m, self.b, self.cfg = model, model.b, model.cfg
+        self.last = f"encoder.{model.encoder.n_layers - 1}"
+
+    def hold(self, opt):
+        """Zero ``opt``'s moments of the mean columns of the encoder's output layer."""
+        J = self.m.J
+        for moments in (opt.m, opt.v):
+            moments[self.last + ".W"][:, :J] = 0.0
+            moments[self.last + ".b"][:J] = 0.0
+
+    def init_params(self, rng):
+        return self.m.init_params(rng)
+
+    def sample_noise(self, rng, B, S=None):
+        return self.m.sample_noise(rng, B, S)
+
+    def loss(self, params, x, noise):
+        return self.m.loss(params, x, noise)
+
+    def loss_and_grads(self, params, x, noise):
+        return self.m.loss_and_grads(params, x, noise, encoder="spread")

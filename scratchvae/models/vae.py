@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict
 
 from ..distributions import (StandardNormalPrior, log_q, make_head, make_likelihood)
-from ..nn import MLP
+from ..nn import MLP, linear_backward
 
 
 @dataclass
@@ -90,8 +90,10 @@ class VAE:
         """Negative ELBO, mean over the batch (a 0-d device array), (B.11.2)."""
         return self._forward(params, x, noise)[0]
 
-    def loss_and_grads(self, params, x, noise):
-        """-> loss (0-d), grads {key: array}, aux {name: 0-d array}."""
+    def loss_and_grads(self, params, x, noise, encoder: str = "all"):
+        """-> loss (0-d), grads {key: array}, aux {name: 0-d array}.  ``encoder="spread"``:
+        of the encoder, only its last layer's gradient, with the columns of the mean mu(x) zero
+        (the posterior's spread trains, the codes are held); ``"none"``: no encoder gradient."""
         b, xp = self.b, self.b.xp
         loss, aux, cache, _ = self._forward(params, x, noise)
         S, B, enc_c, head_c, dec_c, lik_c, prior_c = cache
@@ -99,13 +101,22 @@ class VAE:
         dll = xp.full((S, B), -1.0 / (S * B), dtype=b.dtype, device=b.device)
         dreg = xp.full((B,), -1.0 / B, dtype=b.dtype, device=b.device)
         dout = self.lik.backward(b, dll, lik_c)                            # (S, B, Dout)
-        dz_flat, grads = self.decoder.backward(b, xp.reshape(dout, (S * B, dout.shape[-1])), dec_c)
-        dz = xp.reshape(dz_flat, (S, B, self.J))
+        dz_flat, grads = self.decoder.backward(b, xp.reshape(dout, (S * B, dout.shape[-1])), dec_c,
+                                               need_dx=encoder != "none")
         dz_p, dmu, dvar, dlogdet, gprior = self.prior.backward(b, dreg, prior_c)
+        grads.update(gprior)
+        if encoder == "none":
+            return loss, grads, aux
+        dz = xp.reshape(dz_flat, (S, B, self.J))
         if dz_p is not None:
             dz = dz + dz_p
-        grads.update(gprior)
         dh = self.head.backward(b, dz, dmu, dvar, dlogdet, head_c)
+        if encoder == "spread":                   # the output layer is linear: dh is its dout
+            last = self.encoder.n_layers - 1
+            dh[:, :self.J] = 0.0                      # (B.1.2) with the mean's columns cut
+            _, dW, db = linear_backward(xp, dh, enc_c[last][0], False, b.ws, f"encoder.{last}")
+            grads.update({f"encoder.{last}.W": dW, f"encoder.{last}.b": db})
+            return loss, grads, aux
         _, genc = self.encoder.backward(b, dh, enc_c, need_dx=False)
         grads.update(genc)
         return loss, grads, aux
