@@ -34,6 +34,8 @@ import math
 
 _CHUNK = 1 << 16   # elements per chunk (256 KiB of float32): best of 2^13..2^17, measured
 _SCAN_EVERY = 32   # steps between scans for moments near the subnormal range (float32, NumPy)
+_MIN_SUBNORMAL = 256   # fewer such entries in a parameter: left in the passes (the detour's fixed
+#                        cost, ~10 us, is about the subnormal cost of that many entries)
 _NEAR_SUBNORMAL = 2.0 ** -100   # 0 < |m| below this: the entry's update meets float32
 #                                 subnormals (m/d * step ~ m * 1e-3 reaches 2^-126)
 
@@ -100,7 +102,7 @@ class _Subnormals:
         todo = []
         for k in keys:
             idx, arrs = self.idx.get(k), (params[k], grads[k], m[k], v[k])
-            if (idx is not None and idx.size and idx[-1] < arrs[0].size
+            if (idx is not None and idx.size >= _MIN_SUBNORMAL and idx[-1] < arrs[0].size
                     and all(a.flags.c_contiguous and a.dtype == np_.float32 for a in arrs)):
                 todo.append((idx, [a.reshape(-1) for a in arrs]))
         n = sum(idx.size for idx, _ in todo)
@@ -139,10 +141,11 @@ class _Subnormals:
         for k in keys:
             mk = m[k]
             if mk.flags.c_contiguous and mk.dtype == np_.float32:
-                mk = mk.reshape(-1)
-                tk = t[:mk.size] if mk.size <= t.size else np_.empty_like(mk)
-                np_.abs(mk, out=tk)
-                self.idx[k] = np_.flatnonzero((tk < _NEAR_SUBNORMAL) & (tk > 0))
+                mk, found = mk.reshape(-1), []
+                for i in range(0, mk.size, t.size):             # chunks: no large temporaries
+                    tk = np_.abs(mk[i:i + t.size], out=t[:min(t.size, mk.size - i)])
+                    found.append(np_.flatnonzero((tk < _NEAR_SUBNORMAL) & (tk > 0)) + i)
+                self.idx[k] = np_.concatenate(found) if found else np_.zeros(0, np_.intp)
 
 
 class Adam:

@@ -88,6 +88,7 @@ def _train(name, buffered, dtype="float32", backend="numpy"):
 def test_buffered_step_is_bit_identical_to_the_reference(name, min_bytes, monkeypatch):
     monkeypatch.setattr(optim, "_CHUNK", 50)           # several chunks per array, and a tail
     monkeypatch.setattr(optim, "_SCAN_EVERY", 2)        # the subnormal scan runs too
+    monkeypatch.setattr(optim, "_MIN_SUBNORMAL", 1)
     monkeypatch.setattr(backend_mod, "MIN_BUFFER_BYTES", min_bytes)
     ref, ref_opt, ref_hist = _train(name, buffered=False)
     new, new_opt, new_hist = _train(name, buffered=True)
@@ -181,6 +182,7 @@ def test_adam_takes_near_subnormal_moments_out_of_the_float32_passes(monkeypatch
     Adam, whose scan sends them to the exact float64 path, against the float32 reference."""
     monkeypatch.setattr(optim, "_CHUNK", 64)
     monkeypatch.setattr(optim, "_SCAN_EVERY", 3)
+    monkeypatch.setattr(optim, "_MIN_SUBNORMAL", 1)
     rng = np.random.default_rng(7)
     b = Backend("numpy", "float32")
     shapes = {"a": (13, 11), "b": (7,), "c": (300,), "t": (9, 5)}
