@@ -19,8 +19,8 @@ measured and gave nothing on the 2-core machine: the passes are bandwidth-bound.
 Subnormals.  A parameter whose gradient has gone to zero (a dead unit, an input pixel that is
 always 0) keeps a first moment that decays by b1 each step into float32's subnormal range and
 stays there (0.9 x the smallest subnormal rounds back to it), and x86 multiplies and divides
-subnormals ~30-60x slower: late in the GMVAE recipe 17 % of the moments were subnormal and Adam
-took ~3.5x the time it takes without them.  So on NumPy, in float32, the entries whose moment is
+subnormals ~40x slower (README "Speed"): late in the GMVAE recipe 17 % of the first moments
+were subnormal and Adam took 3.6x its time on the same arrays with them set to 0.  So on NumPy, in float32, the entries whose moment is
 near that range (:class:`_Subnormals`, a scan every ``_SCAN_EVERY`` steps) leave the float32
 passes for the moment's half of the update: :func:`_adam_moment_exact` does its operations in
 float64, each result rounded to float32 at once -- the correctly rounded float32 result (53 >=
@@ -34,8 +34,8 @@ import math
 
 _CHUNK = 1 << 16   # elements per chunk (256 KiB of float32): best of 2^13..2^17, measured
 _SCAN_EVERY = 32   # steps between scans for moments near the subnormal range (float32, NumPy)
-_MIN_SUBNORMAL = 256   # fewer such entries in a parameter: left in the passes (the detour's fixed
-#                        cost, ~10 us, is about the subnormal cost of that many entries)
+_MIN_SUBNORMAL = 256   # fewer such entries in a parameter: left in the passes (the detour costs
+#                        a few NumPy calls per parameter, ~the subnormal cost of that many)
 _NEAR_SUBNORMAL = 2.0 ** -100   # 0 < |m| below this: the entry's update meets float32
 #                                 subnormals (m/d * step ~ m * 1e-3 reaches 2^-126)
 
@@ -91,7 +91,7 @@ def _adam_moment_exact(p, g, m, d, b1, step, t):
 class _Subnormals:
     """The entries whose first moment is near float32's subnormal range, taken out of the float32
     passes (their moment set to 0 there) and updated by :func:`_adam_moment_exact`; their second
-    moment stays in the passes (it does not meet subnormals there).  ``idx``: per parameter the
+    moment is updated in the passes as every other (in the recipe it never came near 2^-126).  ``idx``: per parameter the
     flat indices found by the last scan -- a cache: any set of entries gives the same numbers."""
 
     def __init__(self):
@@ -160,9 +160,7 @@ class Adam:
         self.chunked = b.name == "numpy"
         self.inplace = True                 # False: the reference path (tests, and strict)
         self._scratch = None
-        # flat indices, per parameter, of the entries updated by _adam_update_exact (float32 on
-        # NumPy; refreshed every _SCAN_EVERY steps; a cache: any set gives the same numbers)
-        self._sub = _Subnormals()           # float32 NumPy: near-subnormal moments
+        self._sub = _Subnormals()           # float32 on NumPy: near-subnormal first moments
         # the buffers of the training step this optimiser drives (backend.Workspace; None on
         # strict): the loop runs each step inside ``b.reusing(opt.ws)``
         self.ws = b.workspace()
