@@ -92,11 +92,12 @@ def main():
         np.multiply(dy1, np.greater(y, 0, out=mask), out=dy1)
 
     zero = np.asarray(0, np.float32)
+    env = {"y": y, "dy2": dy2, "zero": zero}
     relu = {"numpy": [], "numexpr": []}
     for _ in range(a.rounds):
         relu["numpy"].append(med_ms(np_relu, 20))
-        relu["numexpr"].append(med_ms(lambda: ne.evaluate("where(y > zero, dy2, dy2 * zero)", out=dy2,
-                                                          casting="same_kind"), 20))
+        relu["numexpr"].append(med_ms(lambda: ne.evaluate(
+            "where(y > zero, dy2, dy2 * zero)", local_dict=env, out=dy2, casting="same_kind"), 20))
     np_relu()
     ne.evaluate("where(y > zero, dy2, dy2 * zero)", out=dy2, casting="same_kind")
     print(f"ReLU backward (256, 2000): numpy {statistics.median(relu['numpy']):.3f} ms, numexpr "
