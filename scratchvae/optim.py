@@ -15,12 +15,29 @@ update is one fused kernel per array (``scratchvae/fused.py``); on array-api-str
 reference :func:`_adam_update` on whole arrays.  All three do the same operations in the same
 order, so they give the same bits (``tests/test_speed.py``).  (Threads over chunks were
 measured and gave nothing on the 2-core machine: the passes are bandwidth-bound.)
+
+Subnormals.  A parameter whose gradient has gone to zero (a dead unit, an input pixel that is
+always 0) keeps a first moment that decays by b1 each step into float32's subnormal range and
+stays there (0.9 x the smallest subnormal rounds back to it), and x86 multiplies and divides
+subnormals ~40x slower (README "Speed"): late in the GMVAE recipe 17 % of the first moments
+were subnormal and Adam took 3.6x its time on the same arrays with them set to 0.  So on NumPy, in float32, the entries whose moment is
+near that range (:class:`_Subnormals`, a scan every ``_SCAN_EVERY`` steps) leave the float32
+passes for the moment's half of the update: :func:`_adam_moment_exact` does its operations in
+float64, each result rounded to float32 at once -- the correctly rounded float32 result (53 >=
+2 x 24 + 2 bits, so the two roundings are one), and float32's subnormals are normal float64
+numbers.  Same bits whichever entries take that path (``tests/test_speed.py``); nothing is
+flushed to zero.
 """
 from __future__ import annotations
 
 import math
 
 _CHUNK = 1 << 16   # elements per chunk (256 KiB of float32): best of 2^13..2^17, measured
+_SCAN_EVERY = 32   # steps between scans for moments near the subnormal range (float32, NumPy)
+_MIN_SUBNORMAL = 256   # fewer such entries in a parameter: left in the passes (the detour costs
+#                        a few NumPy calls per parameter, ~the subnormal cost of that many)
+_NEAR_SUBNORMAL = 2.0 ** -100   # 0 < |m| below this: the entry's update meets float32
+#                                 subnormals (m/d * step ~ m * 1e-3 reaches 2^-126)
 
 
 def _adam_update(p, g, m, v, b1, b2, step, eps_hat):
@@ -53,6 +70,84 @@ def _adam_update_into(np_, p, g, m, v, b1, b2, step, eps_hat, t):
     p -= t
 
 
+def _adam_moment_exact(p, g, m, d, b1, step, t):
+    """The first moment's half of :func:`_adam_update` -- m = b1 m + (1 - b1) g, p -= step m / d
+    with d = v ** 0.5 + eps_hat already computed -- on float32 1-D arrays in place, every
+    operation computed in float64 (``dtype``) and its result rounded once to float32 (``out``):
+    the float32 operation's bits, without float32 subnormal arithmetic.  The scalars are rounded
+    to float32 first, as NumPy rounds a Python float meeting a float32 array.  ``t``: scratch."""
+    import numpy as np
+
+    s = lambda x: float(np.float32(x))                          # noqa: E731
+    kw = {"dtype": np.float64, "casting": "same_kind"}
+    np.multiply(m, s(b1), out=m, **kw)
+    np.multiply(g, s(1.0 - b1), out=t, **kw)                    # (1 - b1) g
+    np.add(m, t, out=m, **kw)
+    np.divide(m, d, out=t, **kw)
+    np.multiply(t, s(step), out=t, **kw)
+    np.subtract(p, t, out=p, **kw)
+
+
+class _Subnormals:
+    """The entries whose first moment is near float32's subnormal range, taken out of the float32
+    passes (their moment set to 0 there) and updated by :func:`_adam_moment_exact`; their second
+    moment is updated in the passes as every other (in the recipe it never came near 2^-126).  ``idx``: per parameter the
+    flat indices found by the last scan -- a cache: any set of entries gives the same numbers."""
+
+    def __init__(self):
+        self.idx, self.buf, self.todo = {}, None, []
+
+    def take_out(self, np_, keys, params, grads, m, v):
+        """Before the passes: copy p, g, m of the entries out, and zero their m in place."""
+        todo = []
+        for k in keys:
+            idx, arrs = self.idx.get(k), (params[k], grads[k], m[k], v[k])
+            if (idx is not None and idx.size >= _MIN_SUBNORMAL and idx[-1] < arrs[0].size
+                    and all(a.flags.c_contiguous and a.dtype == np_.float32 for a in arrs)):
+                todo.append((idx, [a.reshape(-1) for a in arrs]))
+        n = sum(idx.size for idx, _ in todo)
+        if self.buf is None or self.buf.shape[1] < n:
+            self.buf = np_.empty((5, n), dtype=np_.float32) if n else None
+        a = 0
+        for idx, flat in todo:
+            for row, f in zip(self.buf[:3], flat[:3]):          # p, g, m
+                np_.take(f, idx, out=row[a:a + idx.size], mode="clip")
+            flat[2][idx] = 0
+            a += idx.size
+        self.todo = todo
+
+    def put_back(self, np_, b1, step, eps_hat):
+        """After the passes: their d = v ** 0.5 + eps_hat in float32 (v from the passes), the
+        exact moment half, and p, m written back."""
+        if not self.todo:
+            return
+        n = sum(idx.size for idx, _ in self.todo)
+        P, G, M, D, T = self.buf[:, :n]
+        a = 0
+        for idx, flat in self.todo:
+            np_.take(flat[3], idx, out=D[a:a + idx.size], mode="clip")
+            a += idx.size
+        np_.sqrt(D, out=D)
+        D += eps_hat
+        _adam_moment_exact(P, G, M, D, b1, step, T)
+        a = 0
+        for idx, flat in self.todo:
+            flat[0][idx], flat[2][idx] = P[a:a + idx.size], M[a:a + idx.size]
+            a += idx.size
+        self.todo = []
+
+    def scan(self, np_, keys, m, t):
+        """Flat indices where 0 < |m| < 2^-100, per parameter (``t``: float32 scratch)."""
+        for k in keys:
+            mk = m[k]
+            if mk.flags.c_contiguous and mk.dtype == np_.float32:
+                mk, found = mk.reshape(-1), []
+                for i in range(0, mk.size, t.size):             # chunks: no large temporaries
+                    tk = np_.abs(mk[i:i + t.size], out=t[:min(t.size, mk.size - i)])
+                    found.append(np_.flatnonzero((tk < _NEAR_SUBNORMAL) & (tk > 0)) + i)
+                self.idx[k] = np_.concatenate(found) if found else np_.zeros(0, np_.intp)
+
+
 class Adam:
     def __init__(self, b, params: dict, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
         if not lr > 0:
@@ -65,6 +160,7 @@ class Adam:
         self.chunked = b.name == "numpy"
         self.inplace = True                 # False: the reference path (tests, and strict)
         self._scratch = None
+        self._sub = _Subnormals()           # float32 on NumPy: near-subnormal first moments
         # the buffers of the training step this optimiser drives (backend.Workspace; None on
         # strict): the loop runs each step inside ``b.reusing(opt.ws)``
         self.ws = b.workspace()
@@ -107,9 +203,16 @@ class Adam:
         dt = work[0][0].dtype if work else None
         if self._scratch is None or self._scratch.size < n or self._scratch.dtype != dt:
             self._scratch = np.empty(n, dtype=dt)   # one chunk, reused by every step
+        f32 = dt == np.float32
+        if f32:
+            self._sub.take_out(np, keys, params, grads, self.m, self.v)
         for p, g, m, v in work:
             t = self._scratch[:p.size].reshape(p.shape)
             _adam_update_into(np, p, g, m, v, self.b1, self.b2, step, eps_hat, t)
+        if f32:
+            self._sub.put_back(np, self.b1, step, eps_hat)
+            if self.t % _SCAN_EVERY == 0:
+                self._sub.scan(np, keys, self.m, self._scratch)
 
     # --- checkpoints: flat dicts of arrays plus the step counter
     def state_dict(self) -> dict:
@@ -122,3 +225,4 @@ class Adam:
             self.m[k] = self.b.asarray(arrays[f"adam.m.{k}"])
             self.v[k] = self.b.asarray(arrays[f"adam.v.{k}"])
         self.t = int(t)
+        self._sub = _Subnormals()

@@ -87,6 +87,8 @@ def _train(name, buffered, dtype="float32", backend="numpy"):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_buffered_step_is_bit_identical_to_the_reference(name, min_bytes, monkeypatch):
     monkeypatch.setattr(optim, "_CHUNK", 50)           # several chunks per array, and a tail
+    monkeypatch.setattr(optim, "_SCAN_EVERY", 2)        # the subnormal scan runs too
+    monkeypatch.setattr(optim, "_MIN_SUBNORMAL", 1)
     monkeypatch.setattr(backend_mod, "MIN_BUFFER_BYTES", min_bytes)
     ref, ref_opt, ref_hist = _train(name, buffered=False)
     new, new_opt, new_hist = _train(name, buffered=True)
@@ -141,6 +143,71 @@ def test_inplace_adam_matches_the_reference_update(dtype, monkeypatch):
             o.step(p, grads, lr=1e-2 * (t + 1))
     for k in shapes:
         assert np.array_equal(twins[0][k], twins[1][k]), k
+        assert np.array_equal(opts[0].v[k], opts[1].v[k]), k
+
+
+def _mixed(rng, shape, dtype=np.float32):
+    """Values from 1 down to float32's smallest subnormals, and zeros."""
+    e = rng.choice([0, -3, -20, -37, -38, -40, -42, -44, -45, -46], size=shape)
+    x = rng.standard_normal(shape) * 10.0 ** e
+    x[rng.random(shape) < 0.1] = 0
+    return x.astype(dtype)
+
+
+def test_exact_moment_half_is_the_float32_update_through_the_subnormal_range():
+    """_adam_moment_exact (float64, each result rounded to float32) gives the float32
+    reference's bits on moments, gradients and parameters down to the smallest subnormals."""
+    rng = np.random.default_rng(6)
+    n = 100_000
+    ref = [_mixed(rng, n) for _ in range(3)]
+    ref.insert(3, np.abs(_mixed(rng, n)))                           # p, g, m, v
+    new = [a.copy() for a in ref]
+    for t in range(1, 6):
+        ref[1][...] = new[1][...] = _mixed(rng, n)
+        optim._adam_update(*ref, 0.9, 0.999, 1e-3 * t, 7e-9)
+        p, g, m, v = new                                            # v's half in float32
+        v *= 0.999
+        v += (1.0 - 0.999) * (g * g)
+        d = v ** 0.5
+        d += 7e-9
+        optim._adam_moment_exact(p, g, m, d, 0.9, 1e-3 * t, np.empty_like(p))
+    tiny = np.finfo(np.float32).tiny
+    assert ((ref[2] != 0) & (np.abs(ref[2]) < tiny)).mean() > 0.1   # many subnormal moments
+    for r, n_ in zip(ref, new):
+        assert np.array_equal(r, n_)
+
+
+def test_adam_takes_near_subnormal_moments_out_of_the_float32_passes(monkeypatch):
+    """Moments decaying into the subnormal range (gradients of 0) and mixed ones: the in-place
+    Adam, whose scan sends them to the exact float64 path, against the float32 reference."""
+    monkeypatch.setattr(optim, "_CHUNK", 64)
+    monkeypatch.setattr(optim, "_SCAN_EVERY", 3)
+    monkeypatch.setattr(optim, "_MIN_SUBNORMAL", 1)
+    rng = np.random.default_rng(7)
+    b = Backend("numpy", "float32")
+    shapes = {"a": (13, 11), "b": (7,), "c": (300,), "t": (9, 5)}
+    params = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    params["t"] = np.asfortranarray(params["t"])        # not C-contiguous: never the exact path
+    twins = [{k: v.copy(order="K") for k, v in params.items()} for _ in range(2)]
+    opts = [Adam(b, twins[0]), Adam(b, twins[1])]
+    opts[0].inplace = False
+    m0 = {k: _mixed(rng, s) for k, s in shapes.items()}
+    v0 = {k: np.abs(_mixed(rng, s)) for k, s in shapes.items()}
+    dead = {k: rng.random(s) < 0.5 for k, s in shapes.items()}      # these get 0 gradients
+    for o in opts:
+        o.m = {k: v.copy() for k, v in m0.items()}
+        o.v = {k: v.copy() for k, v in v0.items()}
+    used = 0
+    for t in range(12):
+        grads = {k: np.where(dead[k], 0, _mixed(rng, s)).astype(np.float32)
+                 for k, s in shapes.items()}
+        for o, p in zip(opts, twins):
+            o.step(p, grads, lr=1e-2 * (t + 1))
+        used += sum(i.size for i in opts[1]._sub.idx.values())
+    assert used > 0 and not opts[0]._sub.idx
+    for k in shapes:
+        assert np.array_equal(twins[0][k], twins[1][k]), k
+        assert np.array_equal(opts[0].m[k], opts[1].m[k]), k
         assert np.array_equal(opts[0].v[k], opts[1].v[k]), k
 
 
