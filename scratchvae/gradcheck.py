@@ -13,10 +13,14 @@ Method (float64 only; float32 differences are too coarse to say anything at 1e-6
   error O(h^4) ~ 1e-13 and round-off ~ 2 eps |f| / h ~ 1e-12, so gradient entries as small as
   1e-5 are still resolved to 1e-6 relative error (the two-point stencil's round-off, ~eps|f|/h
   at its best h ~ 1e-5, is 100x larger);
-* relative error ``|a - b| / max(tiny, |a| + |b|)`` with ``tiny = 1e-6 * max(1, |f|)``:
-  entries whose true value is below that (an exactly-zero gradient of a dead ReLU, say) are in
-  effect compared absolutely, at 1e-12 |f| -- above the stencil's round-off (at most
-  ~1.5 eps |f| / h = 7e-13 |f|, typically far less), far below any wrong gradient.
+* relative error ``|a - b| / max(tiny, |a| + |b|)`` with ``tiny = 1e-6 * max(1, M)``, M the
+  magnitude of f's computation: |f| by default, or ``magnitude`` when f is a sum of larger terms
+  that cancel (the round-off of f is that of its terms: a test's ``sum(dll * ll)`` with random
+  signs gave |f| = 2.6 from terms summing to 28 in absolute value, and a correct entry of
+  9.4e-7 then missed 1e-6 relative error by round-off alone).  Entries whose true value is below
+  ``tiny`` (an exactly-zero gradient of a dead ReLU, say) are in effect compared absolutely, at
+  1e-12 M -- above the stencil's round-off (~1.5 eps M / h = 7e-13 M, typically far less), far
+  below any wrong gradient.
 
 Near a kink (ReLU at 0, an argmin tie) the stencil must not cross it: tests keep a margin of a
 few times ``2h`` times the input scale.
@@ -53,7 +57,7 @@ def _scalar(b, v) -> float:
 
 def check_grads(b, f, params: dict, grads: dict, *, h: float = 5e-4, full_max: int = 64,
                 n_dirs: int = 4, seed: int = 0, keys=None, tiny: float = 1e-6,
-                name: str = "") -> CheckResult:
+                name: str = "", magnitude: float | None = None) -> CheckResult:
     """Compare ``grads`` (the hand-written gradient of ``f`` at ``params``) with central
     differences.  Returns the largest relative error over all checked entries / directions."""
     if b.dtype_name != "float64":
@@ -74,7 +78,7 @@ def check_grads(b, f, params: dict, grads: dict, *, h: float = 5e-4, full_max: i
                 + 8 * f_at(k, p0 + h * u) - f_at(k, p0 + 2 * h * u)) / (12 * h)
 
     f0 = _scalar(b, f(params))
-    tiny = tiny * max(1.0, abs(f0))
+    tiny = tiny * max(1.0, abs(f0) if magnitude is None else float(magnitude))
     for k in (sorted(grads) if keys is None else keys):
         if k not in host:
             raise KeyError(f"gradient for unknown parameter {k!r}")

@@ -97,10 +97,30 @@ def test_mlp_grad(b64, sizes, N, seed, act):
 
 
 def _lik_check(b64, lik, x, out, dll):
+    """f = sum(dll * ll): random-sign weights make f cancel, so its round-off is that of the
+    terms, sum |dll * ll| (the check's ``magnitude``)."""
     ll, cache = lik.loglik(b64, x, out)
     dout = lik.backward(b64, dll, cache)
     f = lambda p: b64.xp.sum(dll * lik.loglik(b64, x, p["out"])[0])
-    return check_grads(b64, f, {"out": out}, {"out": dout})
+    mag = float(b64.xp.sum(b64.xp.abs(dll * ll)))
+    return check_grads(b64, f, {"out": out}, {"out": dout}, magnitude=mag)
+
+
+def test_gaussian_grad_cancelling_terms(b64):
+    """The example hypothesis found (S=2, B=3, D=4): f = -2.6 from terms of total size 28, and a
+    correct gradient entry of 9.4e-7 -- passes with the terms' magnitude (round-off there is
+    4e-12), and that one entry off by 1e-9 (0.1 %) still fails."""
+    rng = np.random.default_rng(1510226095)
+    x = b64.asarray(rng.random((3, 4)))
+    out = b64.asarray(host(rng, 2, 3, 8))
+    dll = b64.asarray(host(rng, 2, 3))
+    assert_ok(_lik_check(b64, Gaussian(0.0), x, out, dll))
+    ll, cache = Gaussian(0.0).loglik(b64, x, out)
+    bad = b64.to_numpy(Gaussian(0.0).backward(b64, dll, cache)).copy()
+    bad[0, 1, 1] += 1e-9
+    f = lambda p: b64.xp.sum(dll * Gaussian(0.0).loglik(b64, x, p["out"])[0])
+    mag = float(b64.xp.sum(b64.xp.abs(dll * ll)))
+    assert not check_grads(b64, f, {"out": out}, {"out": b64.asarray(bad)}, magnitude=mag).ok(RTOL)
 
 
 @given(S=st.integers(1, 3), B=dims, D=dims, seed=seeds, scale=st.sampled_from([0.5, 3.0, 20.0]))
