@@ -93,7 +93,9 @@ class VAE:
     def loss_and_grads(self, params, x, noise, encoder: str = "all"):
         """-> loss (0-d), grads {key: array}, aux {name: 0-d array}.  ``encoder="spread"``:
         of the encoder, only its last layer's gradient, with the columns of the mean mu(x) zero
-        (the posterior's spread trains, the codes are held); ``"none"``: no encoder gradient."""
+        (the posterior's spread trains, the codes are held:
+        [05-clustering-recipe.md#the-elbo-stage-holds-the-codes]); ``"none"``: no encoder
+        gradient."""
         b, xp = self.b, self.b.xp
         loss, aux, cache, _ = self._forward(params, x, noise)
         S, B, enc_c, head_c, dec_c, lik_c, prior_c = cache
