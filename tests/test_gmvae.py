@@ -430,8 +430,9 @@ def test_held_codes_gradient_is_the_full_gradient_cut(b64, post, K, J, B, seed):
 def test_elbo_stage_holds_the_codes():
     """With the default elbo_encoder="held", training on (a warm start of the ELBO stage) leaves
     the encoder's hidden layers and mean columns bit for bit as they were -- so the codes mu(x)
-    and the labels stay -- while its variance columns, the decoder and the mixture train;
-    "trained" moves them all."""
+    stay (the labels may still move with the mixture) -- while its variance columns get a
+    gradient (their Adam second moments grow beyond the b2^k decay a zero gradient would give),
+    and the decoder and the mixture train; "trained" moves them all."""
     from scratchvae import GMVAE
     from scratchvae.data import load_dataset
 
@@ -440,9 +441,12 @@ def test_elbo_stage_holds_the_codes():
         g = GMVAE(epochs=1, pretrain_epochs=3, anchor_epochs=2, batch_size=64, latent_dim=3,
                   hidden=(16,), clusters=4, elbo_encoder=mode).fit(ds.x_train)
         before = {k: np.array(g.backend_.to_numpy(v)) for k, v in g.params_.items()}
+        v0, t0 = np.array(g.backend_.to_numpy(g.opt_.v["encoder.1.W"])), g.opt_.t
         codes = g.transform(ds.x_train)
         g.set_params(warm_start=True, epochs=4).fit(ds.x_train)
         after = {k: g.backend_.to_numpy(v) for k, v in g.params_.items()}
+        decayed = v0[:, 3:] * g.opt_.b2 ** (g.opt_.t - t0)      # v after zero gradients
+        assert np.any(g.backend_.to_numpy(g.opt_.v["encoder.1.W"])[:, 3:] > 1.01 * decayed)
         same = {k: np.array_equal(before[k], after[k]) for k in before}
         mean_same = (np.array_equal(before["encoder.1.W"][:, :3], after["encoder.1.W"][:, :3])
                      and np.array_equal(before["encoder.1.b"][:3], after["encoder.1.b"][:3]))
@@ -453,6 +457,21 @@ def test_elbo_stage_holds_the_codes():
             assert not (var_same or same["decoder.0.W"] or same["prior.mu_c"])
         else:
             assert not (same["encoder.0.W"] or mean_same or var_same or same["decoder.0.W"])
+
+
+def test_checkpoints_from_before_elbo_encoder_keep_training_the_encoder():
+    """A checkpoint whose options predate elbo_encoder trained the encoder in the ELBO stage: a
+    warm start of it must not switch to holding the codes; stored options win."""
+    from scratchvae import GMVAE
+
+    meta = {"options": {"clusters": 4, "latent_dim": 3}}
+    assert GMVAE.options_from_meta(meta)["elbo_encoder"] == "trained"
+    meta["options"]["elbo_encoder"] = "held"
+    assert GMVAE.options_from_meta(meta)["elbo_encoder"] == "held"
+    m = model(Backend("numpy", "float64"))
+    p = m.init_params(m.b.rng("i"))
+    with pytest.raises(ValueError, match="encoder must be"):
+        m.loss_and_grads(p, m.b.rng("x").uniform((2, 6)), m.sample_noise(m.b.rng("e"), 2), "spreads")
 
 
 def test_pretraining_is_budgeted_in_steps():

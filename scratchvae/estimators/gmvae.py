@@ -95,6 +95,12 @@ class GMVAE(ClusterMixin, VAE):
             self._new_hook(Xd, y)
         return self._on_epoch
 
+    @classmethod
+    def options_from_meta(cls, meta) -> dict:
+        out = super().options_from_meta(meta)
+        out.setdefault("elbo_encoder", "trained")   # checkpoints from before the option trained it
+        return out
+
     def _trained_model(self):
         """The ELBO stage's model: the codes held (default) or the encoder trained too."""
         if self.options.elbo_encoder != "held":

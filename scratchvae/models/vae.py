@@ -96,6 +96,8 @@ class VAE:
         (the posterior's spread trains, the codes are held:
         [05-clustering-recipe.md#the-elbo-stage-holds-the-codes]); ``"none"``: no encoder
         gradient."""
+        if encoder not in ("all", "spread", "none"):
+            raise ValueError(f"encoder must be 'all', 'spread' or 'none', got {encoder!r}")
         b, xp = self.b, self.b.xp
         loss, aux, cache, _ = self._forward(params, x, noise)
         S, B, enc_c, head_c, dec_c, lik_c, prior_c = cache
