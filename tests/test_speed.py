@@ -312,3 +312,22 @@ def test_fused_bernoulli_matches_on_gpu():  # pragma: no cover - GPU only
     ll, cache = Bernoulli().loglik(b, x, out)                   # the array-API reference
     assert bool(cupy.all(cupy.sum(fused.bernoulli_term(x, out), axis=-1) == ll))
     assert bool(cupy.all(fused.bernoulli_backward(dll, x, out) == Bernoulli().backward(b, dll, cache)))
+
+
+def test_bench_times_the_gmvae_elbo_stage_step_too(capsys):
+    """``bench --model gmvae`` reports, besides the full step, the step the recipe's ELBO stage
+    runs with the codes held: the same forward, fewer matrix products (no encoder hidden-layer
+    backward), a floor of its own.  Structure only; no timing is asserted."""
+    import json
+
+    from scratchvae.cli import main
+
+    assert main(["bench", "--model", "gmvae", "--latent-dim", "2", "--bench-batch", "4",
+                 "--bench-steps", "1", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    held = out["elbo_stage_codes_held"]
+    assert 0 < held["n_matmuls"] < out["n_matmuls"]
+    assert held["gemm_floor_ms"] > 0 and held["ms_per_step"] > 0
+    assert main(["bench", "--model", "vae", "--latent-dim", "2", "--bench-batch", "4",
+                 "--bench-steps", "1", "--threads", "1"]) == 0
+    assert "elbo_stage_codes_held" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])

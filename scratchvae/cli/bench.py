@@ -197,6 +197,13 @@ def main(args) -> dict:
                 "hidden": list(o.hidden), **r, **blas, "peak_rss_mb": peak_rss_mb(),
                 **est.backend_.describe()}
         print(_summary(last))
+        if getattr(o, "elbo_encoder", None) == "held":   # what the recipe's ELBO stage runs
+            from ..models.gmvae import HeldEncoder
+            with _threads(getattr(args, "threads", None)):
+                held = bench_step(HeldEncoder(est.model_), est.backend_, args.bench_batch,
+                                  args.bench_steps)
+            last["elbo_stage_codes_held"] = held
+            print(_summary({**last, **held, "model": f"{name} ELBO stage, codes held"}))
         if name != names[-1]:
             print(json.dumps(last))
     return last
