@@ -474,6 +474,20 @@ def test_checkpoints_from_before_elbo_encoder_keep_training_the_encoder():
         m.loss_and_grads(p, m.b.rng("x").uniform((2, 6)), m.sample_noise(m.b.rng("e"), 2), "spreads")
 
 
+def test_default_code_is_no_wider_than_the_input():
+    """The GMVAE's default latent_dim (10) is clipped to the number of features; a given one is
+    kept; the checkpoint stores the width used."""
+    from scratchvae import GMVAE
+
+    X = np.random.default_rng(0).random((60, 4))
+    kw = dict(epochs=1, pretrain_epochs=1, anchor_epochs=1, hidden=(8,), clusters=2)
+    g = GMVAE(**kw).fit(X)
+    assert g.model_.J == 4 and g.transform(X).shape == (60, 4)
+    assert g.model_config(4)["latent_dim"] == 4
+    assert GMVAE(latent_dim=6, **kw).fit(X).model_.J == 6
+    assert GMVAE(**kw).fit(np.random.default_rng(1).random((60, 12))).model_.J == 10
+
+
 def test_pretraining_is_budgeted_in_steps():
     """Epochs for pretrain_steps Adam steps, rounded up and kept in [30, 300]; an explicit
     pretrain_epochs wins; both 0: no pretraining."""
