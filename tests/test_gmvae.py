@@ -475,8 +475,8 @@ def test_checkpoints_from_before_elbo_encoder_keep_training_the_encoder():
 
 
 def test_default_code_is_no_wider_than_the_input():
-    """The GMVAE's default latent_dim (10) is clipped to the number of features; a given one is
-    kept; the checkpoint stores the width used."""
+    """The GMVAE's latent_dim (default 10) is clipped to the number of features, given or not;
+    the checkpoint stores the width used."""
     from scratchvae import GMVAE
 
     X = np.random.default_rng(0).random((60, 4))
@@ -484,7 +484,8 @@ def test_default_code_is_no_wider_than_the_input():
     g = GMVAE(**kw).fit(X)
     assert g.model_.J == 4 and g.transform(X).shape == (60, 4)
     assert g.model_config(4)["latent_dim"] == 4
-    assert GMVAE(latent_dim=6, **kw).fit(X).model_.J == 6
+    assert GMVAE(latent_dim=6, **kw).fit(X).model_.J == 4
+    assert GMVAE(latent_dim=3, **kw).fit(X).model_.J == 3
     assert GMVAE(**kw).fit(np.random.default_rng(1).random((60, 12))).model_.J == 10
 
 
