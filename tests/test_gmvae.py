@@ -489,6 +489,22 @@ def test_default_code_is_no_wider_than_the_input():
     assert GMVAE(**kw).fit(np.random.default_rng(1).random((60, 12))).model_.J == 10
 
 
+def test_warm_up_is_budgeted_in_steps_on_small_data():
+    """Left at its default (20 epochs), the warm-up also runs anchor_steps (240) Adam steps in
+    whole epochs, at most 300; a given anchor_epochs is taken as it is (0: none)."""
+    from scratchvae.recipe import ClusteringRecipe, anchor_epochs
+
+    r = ClusteringRecipe()
+    assert (r.anchor_epochs, r.anchor_steps) == (20, 240)
+    assert anchor_epochs(r, 1438, 128) == 20          # 12 steps an epoch: the digits, as before
+    assert anchor_epochs(r, 569, 128) == 48           # 5 steps an epoch
+    assert anchor_epochs(r, 120, 128) == 240          # one step an epoch
+    assert anchor_epochs(ClusteringRecipe(anchor_steps=1000), 50, 128) == 300
+    assert anchor_epochs(r, 60000, 128) == 20
+    assert anchor_epochs(ClusteringRecipe(anchor_epochs=3), 120, 128) == 3
+    assert anchor_epochs(ClusteringRecipe(anchor_epochs=0), 120, 128) == 0
+
+
 def test_pretraining_is_budgeted_in_steps():
     """Epochs for pretrain_steps Adam steps, rounded up and kept in [30, 300]; an explicit
     pretrain_epochs wins; both 0: no pretraining."""

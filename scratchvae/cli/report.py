@@ -128,13 +128,14 @@ def gmvae_phases(est) -> list:
     if est.kind != "gmvae":
         return []
     o = est.options
-    anchor = getattr(o, "anchor_epochs", 0) if getattr(o, "init", "graph") == "graph" else 0
+    anchor = getattr(est, "fit_info_", {}).get("anchor_epochs", getattr(o, "anchor_epochs", 0)) \
+        if getattr(o, "init", "graph") == "graph" else 0
     ran = getattr(est, "fit_info_", {}).get("pretrain_epochs")
     pre = (f"{ran} pretraining epochs (--pretrain-epochs, or --pretrain-steps "
            f"{o.pretrain_steps} when that is 0)" if ran is not None else
            f"{o.pretrain_epochs or f'{o.pretrain_steps} steps of'} pretraining (--pretrain-epochs)")
     return [f"Phases: {pre}, {anchor} "
-            f"anchored warm-up epochs (--anchor-epochs), then {o.epochs} ELBO epochs "
+            f"anchored warm-up epochs (--anchor-epochs, --anchor-steps), then {o.epochs} ELBO epochs "
             "(--epochs counts only this last phase).", ""]
 
 
