@@ -20,7 +20,13 @@ Method (float64 only; float32 differences are too coarse to say anything at 1e-6
   9.4e-7 then missed 1e-6 relative error by round-off alone).  Entries whose true value is below
   ``tiny`` (an exactly-zero gradient of a dead ReLU, say) are in effect compared absolutely, at
   1e-12 M -- above the stencil's round-off (~1.5 eps M / h = 7e-13 M, typically far less), far
-  below any wrong gradient.
+  below any wrong gradient;
+* what the stencil cannot resolve is not counted against the gradient: where the relative
+  error is above 1e-9, the stencil is rerun at 2h, and 3 x the two estimates' difference (their
+  round-off, and truncation) is taken off |a - b| before dividing.  A wrong gradient moves
+  both estimates' distance to it, not their difference.  (Hypothesis found, at 300 examples,
+  a mixture-prior entry of 3.8e-8 whose five-point estimate was off by 2.3e-12 from round-off in
+  f's larger terms; M is not always known.)
 
 Near a kink (ReLU at 0, an argmin tie) the stencil must not cross it: tests keep a margin of a
 few times ``2h`` times the input scale.
@@ -72,10 +78,20 @@ def check_grads(b, f, params: dict, grads: dict, *, h: float = 5e-4, full_max: i
         p[k] = b.asarray(arr)
         return _scalar(b, f(p))
 
-    def deriv(k, p0, u):
+    def deriv(k, p0, u, h=h):
         """Five-point central difference of f along direction u at p0."""
         return (f_at(k, p0 - 2 * h * u) - 8 * f_at(k, p0 - h * u)
                 + 8 * f_at(k, p0 + h * u) - f_at(k, p0 + 2 * h * u)) / (12 * h)
+
+    def compare(ana, k, p0, u):
+        """(numerical derivative, error): the relative error, less what the stencil cannot
+        resolve -- 3 x its disagreement with itself at 2h -- when it is not plainly small."""
+        num = deriv(k, p0, u)
+        r = rel_err(ana, num, tiny)
+        if r > 1e-9:
+            noise = abs(num - deriv(k, p0, u, 2 * h))
+            r = max(0.0, abs(ana - num) - 3.0 * noise) / max(tiny, abs(ana) + abs(num))
+        return num, r
 
     f0 = _scalar(b, f(params))
     tiny = tiny * max(1.0, abs(f0) if magnitude is None else float(magnitude))
@@ -90,9 +106,8 @@ def check_grads(b, f, params: dict, grads: dict, *, h: float = 5e-4, full_max: i
             for i in range(p0.size):
                 e = np.zeros(p0.size)
                 e[i] = 1.0
-                num = deriv(k, p0, e.reshape(p0.shape))
                 ana = float(g.reshape(-1)[i])
-                r = rel_err(ana, num, tiny)
+                num, r = compare(ana, k, p0, e.reshape(p0.shape))
                 n += 1
                 details.append((k, i, ana, num, r))
                 if r > worst:
@@ -102,9 +117,8 @@ def check_grads(b, f, params: dict, grads: dict, *, h: float = 5e-4, full_max: i
             for d in range(n_dirs):
                 u = rng.standard_normal(p0.shape)
                 u /= np.linalg.norm(u)
-                num = deriv(k, p0, u)
                 ana = float(np.sum(g * u))
-                r = rel_err(ana, num, tiny)
+                num, r = compare(ana, k, p0, u)
                 n += 1
                 details.append((k, f"dir{d}", ana, num, r))
                 if r > worst:
