@@ -114,6 +114,28 @@ def test_gradcheck_resolves_round_off_but_not_a_wrong_entry(b64):
                            {"prior.logvar_c": b64.asarray(g)}).ok(RTOL)
 
 
+def test_gradcheck_does_not_forgive_truncation(b64):
+    """A review's counterexample to an earlier rule (rerun the stencil at 2h, forgive 3x the
+    difference: that also forgave ~45x the truncation error): a Gaussian log-density in its
+    variance v = 0.03, f = 0.50, gradient entries 5.56.  The right gradient passes; one wrong by
+    3e-5 (relative) must fail, as must one wrong by 5e-6."""
+    from scratchvae.gradcheck import check_grads
+
+    x, mu = np.array([0.3, -1.2, 0.7]), np.array([0.1, -1.0, 0.5])
+    v0 = np.full(3, 0.03)
+
+    def f(p):
+        v = p["v"]
+        return b64.xp.sum(-0.5 * math.log(2 * math.pi) - 0.5 * b64.xp.log(v)
+                          - 0.5 * b64.asarray((x - mu) ** 2) / v)
+
+    g = -0.5 / v0 + 0.5 * (x - mu) ** 2 / v0 ** 2
+    assert check_grads(b64, f, {"v": b64.asarray(v0)}, {"v": b64.asarray(g)}).ok(RTOL)
+    for eps in (3e-5, 5e-6):
+        bad = b64.asarray(g * (1 + eps))
+        assert not check_grads(b64, f, {"v": b64.asarray(v0)}, {"v": bad}).ok(RTOL), eps
+
+
 def test_lemma_3_4_against_monte_carlo(b64):
     """seed §3.4: E_q[log N(z | mu, sigma^2 I)] in closed form vs a Monte Carlo mean."""
     rng = np.random.default_rng(0)
