@@ -81,7 +81,7 @@ def check_grads(b, f, params: dict, grads: dict, *, h: float = 5e-4, full_max: i
         p[k] = b.asarray(arr)
         return _scalar(b, f(p))
 
-    def deriv(k, p0, u, h=h):
+    def deriv(k, p0, u):
         """Five-point central difference of f along direction u at p0."""
         return (f_at(k, p0 - 2 * h * u) - 8 * f_at(k, p0 - h * u)
                 + 8 * f_at(k, p0 + h * u) - f_at(k, p0 + 2 * h * u)) / (12 * h)

@@ -111,8 +111,14 @@ def pretrain_epochs(r: ClusteringRecipe, n_rows: int, batch_size: int) -> int:
     [05-clustering-recipe.md#pretraining-length]"""
     if r.pretrain_epochs > 0 or r.pretrain_steps == 0:
         return int(r.pretrain_epochs)
+    return _epochs_for(r.pretrain_steps, n_rows, batch_size, least=30)
+
+
+def _epochs_for(steps: int, n_rows: int, batch_size: int, least: int) -> int:
+    """Whole epochs of ``batch_size`` over ``n_rows`` rows for ``steps`` Adam steps, at least
+    ``least`` and at most 300."""
     per_epoch = -(-int(n_rows) // int(batch_size))
-    return min(300, max(30, -(-int(r.pretrain_steps) // per_epoch)))
+    return min(300, max(int(least), -(-int(steps) // per_epoch)))
 
 
 def anchor_epochs(r: ClusteringRecipe, n_rows: int, batch_size: int) -> int:
@@ -124,8 +130,7 @@ def anchor_epochs(r: ClusteringRecipe, n_rows: int, batch_size: int) -> int:
     [05-clustering-recipe.md#the-anchored-warm-up]"""
     if r.anchor_epochs != ClusteringRecipe.anchor_epochs:
         return int(r.anchor_epochs)
-    per_epoch = -(-int(n_rows) // int(batch_size))
-    return max(int(r.anchor_epochs), min(300, -(-int(r.anchor_steps) // per_epoch)))
+    return _epochs_for(r.anchor_steps, n_rows, batch_size, least=r.anchor_epochs)
 
 
 def _anchored_warm_up(model, params, X, labels, epochs, batch_size, lr, progress, score,

@@ -23,7 +23,7 @@ COMMANDS = {
                  "its own graph partition, on the same data, split and seeds",
 }
 # --quick: tiny budgets for every stage (seconds; smoke tests)
-QUICK = {"epochs": 2, "pretrain_epochs": 2, "iwae_k": 10, "anchor_epochs": 2, "anchor_steps": 0}
+QUICK = {"epochs": 2, "pretrain_epochs": 2, "iwae_k": 10, "anchor_epochs": 2}
 NOT_FLAGS = {"random_state"}          # spelled --seed, handled with the common options
 
 
@@ -312,5 +312,4 @@ def chosen_options(args, explicit=None) -> dict:
     quick = dict(QUICK) if getattr(args, "quick", False) else {}
     if explicit.get("init") == "gmm":
         quick.pop("anchor_epochs", None)         # the warm-up belongs to init graph
-        quick.pop("anchor_steps", None)
     return {**quick, **explicit}
