@@ -159,6 +159,9 @@ class Adam:
         self.v = {k: b.xp.zeros_like(v) for k, v in params.items()}
         self.chunked = b.name == "numpy"
         self.inplace = True                 # False: the reference path (tests, and strict)
+        # NumPy: one compiled loop per array when numba is there (scratchvae/compiled.py), the
+        # chunked passes below otherwise (or when set False); the same bits either way
+        self.compiled = self.chunked
         self._scratch = None
         self._sub = _Subnormals()           # float32 on NumPy: near-subnormal first moments
         # the buffers of the training step this optimiser drives (backend.Workspace; None on
@@ -184,6 +187,11 @@ class Adam:
             for k in keys:
                 _adam_update(params[k], grads[k], self.m[k], self.v[k], self.b1, self.b2, step, eps_hat)
             return
+        if self.inplace and self.compiled:
+            from .compiled import adam_kernel
+            kernel = adam_kernel()
+            if kernel is not None:
+                return self._step_compiled(kernel, params, grads, keys, step, eps_hat)
         work = []
         for k in keys:
             p, g, m, v = params[k], grads[k], self.m[k], self.v[k]
@@ -213,6 +221,25 @@ class Adam:
             self._sub.put_back(np, self.b1, step, eps_hat)
             if self.t % _SCAN_EVERY == 0:
                 self._sub.scan(np, keys, self.m, self._scratch)
+
+    def _step_compiled(self, kernel, params, grads, keys, step, eps_hat):
+        """:meth:`step` as one compiled loop per array (``scratchvae/compiled.py``: the same
+        operations, the same bits); an array it cannot take (not contiguous, mixed dtypes) gets
+        the reference update.  Near-subnormal first moments leave the loop as they leave the
+        passes (x86 is as slow on them compiled)."""
+        import numpy as np
+
+        from .compiled import adam_update_
+        self._sub.take_out(np, keys, params, grads, self.m, self.v)    # float32 arrays only
+        for k in keys:
+            p, g, m, v = params[k], grads[k], self.m[k], self.v[k]
+            if not adam_update_(kernel, p, g, m, v, self.b1, self.b2, step, eps_hat):
+                _adam_update(p, g, m, v, self.b1, self.b2, step, eps_hat)
+        self._sub.put_back(np, self.b1, step, eps_hat)
+        if self.t % _SCAN_EVERY == 0:
+            if self._scratch is None or self._scratch.dtype != np.float32:
+                self._scratch = np.empty(_CHUNK, dtype=np.float32)
+            self._sub.scan(np, keys, self.m, self._scratch)
 
     # --- checkpoints: flat dicts of arrays plus the step counter
     def state_dict(self) -> dict:

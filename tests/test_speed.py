@@ -1,8 +1,8 @@
 """The speed paths give the reference's numbers, bit for bit.
 
 A training step inside a workspace (``backend.Workspace``: products, biases, ReLU and bias
-gradients written into buffers reused across steps) with the in-place Adam (every temporary in
-one scratch chunk) must produce exactly the parameters of the plain array-API path (fresh arrays
+gradients written into buffers reused across steps) with the in-place Adam (one compiled loop per array where numba is installed,
+``scratchvae/compiled.py``; every temporary in one scratch chunk otherwise) must produce exactly the parameters of the plain array-API path (fresh arrays
 everywhere, the reference ``optim._adam_update``) -- for every model and every step kind the
 training recipes use.  Where CuPy and a GPU are present the fused kernels are compared with the
 array-API code on the same device (Adam, ReLU, the Bernoulli likelihood); elsewhere those
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from scratchvae import backend as backend_mod
-from scratchvae import optim
+from scratchvae import compiled, optim
 from scratchvae.backend import Backend
 from scratchvae.models.gmvae import AnchoredGMVAE, GMVAE, GMVAEConfig, PretrainAE
 from scratchvae.models.vae import VAE, VAEConfig
@@ -63,7 +63,16 @@ MODELS = {
 }
 
 
-def _train(name, buffered, dtype="float32", backend="numpy"):
+ADAM_PATHS = ["compiled", "chunks"]
+
+
+def _needs(path):
+    """Skip a compiled-path case where numba is missing (the test extra installs it)."""
+    if path == "compiled" and compiled.adam_kernel() is None:
+        pytest.skip("numba is not installed (pip install numba): the compiled Adam is unused")
+
+
+def _train(name, buffered, dtype="float32", backend="numpy", adam="compiled"):
     b = Backend(backend, dtype, seed=3)
     model = MODELS[name](b)
     X = b.asarray((np.random.default_rng(0).random((37, D)) < 0.3).astype(np.float64))
@@ -71,6 +80,7 @@ def _train(name, buffered, dtype="float32", backend="numpy"):
         X = model.data(X)
     params = model.init_params(b.rng("init"))
     opt = Adam(b, params, lr=3e-3)
+    opt.compiled = adam == "compiled"
     if not buffered:
         opt.ws, opt.inplace = None, False               # the plain reference path
     tcfg = TrainConfig(epochs=3, batch_size=16)         # batches of 16, 16 and 5 rows
@@ -83,15 +93,17 @@ def _train(name, buffered, dtype="float32", backend="numpy"):
     return params, opt, hist
 
 
+@pytest.mark.parametrize("adam", ADAM_PATHS)
 @pytest.mark.parametrize("min_bytes", [0, 400])       # every array buffered; only the larger
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_buffered_step_is_bit_identical_to_the_reference(name, min_bytes, monkeypatch):
+def test_buffered_step_is_bit_identical_to_the_reference(name, min_bytes, adam, monkeypatch):
+    _needs(adam)
     monkeypatch.setattr(optim, "_CHUNK", 50)           # several chunks per array, and a tail
     monkeypatch.setattr(optim, "_SCAN_EVERY", 2)        # the subnormal scan runs too
     monkeypatch.setattr(optim, "_MIN_SUBNORMAL", 1)
     monkeypatch.setattr(backend_mod, "MIN_BUFFER_BYTES", min_bytes)
     ref, ref_opt, ref_hist = _train(name, buffered=False)
-    new, new_opt, new_hist = _train(name, buffered=True)
+    new, new_opt, new_hist = _train(name, buffered=True, adam=adam)
     assert min(new_opt.used) > 0 and not any(ref_opt.used)     # the buffers were used
     assert new_opt.ws.nbytes() == 0                             # and released after the run
     assert ref_hist == new_hist
@@ -126,8 +138,10 @@ def test_buffers_are_reused_across_steps():
     assert seen[0] and seen[0] == seen[1] == seen[2]
 
 
+@pytest.mark.parametrize("adam", ADAM_PATHS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_inplace_adam_matches_the_reference_update(dtype, monkeypatch):
+def test_inplace_adam_matches_the_reference_update(dtype, adam, monkeypatch):
+    _needs(adam)
     monkeypatch.setattr(optim, "_CHUNK", 64)
     rng = np.random.default_rng(1)
     b = Backend("numpy", dtype)
@@ -136,7 +150,7 @@ def test_inplace_adam_matches_the_reference_update(dtype, monkeypatch):
     params["t"] = np.asfortranarray(params["t"])        # not C-contiguous: a whole-array item
     twins = [{k: v.copy(order="K") for k, v in params.items()} for _ in range(2)]
     opts = [Adam(b, twins[0]), Adam(b, twins[1])]
-    opts[0].inplace = False
+    opts[0].inplace, opts[1].compiled = False, adam == "compiled"
     for t in range(5):
         grads = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
         for o, p in zip(opts, twins):
@@ -177,9 +191,11 @@ def test_exact_moment_half_is_the_float32_update_through_the_subnormal_range():
         assert np.array_equal(r, n_)
 
 
-def test_adam_takes_near_subnormal_moments_out_of_the_float32_passes(monkeypatch):
+@pytest.mark.parametrize("adam", ADAM_PATHS)
+def test_adam_takes_near_subnormal_moments_out_of_the_float32_passes(adam, monkeypatch):
     """Moments decaying into the subnormal range (gradients of 0) and mixed ones: the in-place
     Adam, whose scan sends them to the exact float64 path, against the float32 reference."""
+    _needs(adam)
     monkeypatch.setattr(optim, "_CHUNK", 64)
     monkeypatch.setattr(optim, "_SCAN_EVERY", 3)
     monkeypatch.setattr(optim, "_MIN_SUBNORMAL", 1)
@@ -190,7 +206,7 @@ def test_adam_takes_near_subnormal_moments_out_of_the_float32_passes(monkeypatch
     params["t"] = np.asfortranarray(params["t"])        # not C-contiguous: never the exact path
     twins = [{k: v.copy(order="K") for k, v in params.items()} for _ in range(2)]
     opts = [Adam(b, twins[0]), Adam(b, twins[1])]
-    opts[0].inplace = False
+    opts[0].inplace, opts[1].compiled = False, adam == "compiled"
     m0 = {k: _mixed(rng, s) for k, s in shapes.items()}
     v0 = {k: np.abs(_mixed(rng, s)) for k, s in shapes.items()}
     dead = {k: rng.random(s) < 0.5 for k, s in shapes.items()}      # these get 0 gradients
@@ -209,6 +225,60 @@ def test_adam_takes_near_subnormal_moments_out_of_the_float32_passes(monkeypatch
         assert np.array_equal(twins[0][k], twins[1][k]), k
         assert np.array_equal(opts[0].m[k], opts[1].m[k]), k
         assert np.array_equal(opts[0].v[k], opts[1].v[k]), k
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_adam_is_the_reference_update_bit_for_bit(dtype):
+    """The compiled loop against ``optim._adam_update`` on values from 1 down to float32's
+    smallest subnormals, zeros included, five steps of growing step size: p, m, v equal bit
+    for bit (no operation reordered, none contracted into an FMA)."""
+    _needs("compiled")
+    kernel = compiled.adam_kernel()
+    rng = np.random.default_rng(11)
+    n = 50_000
+    ref = [_mixed(rng, n, dtype) for _ in range(3)]
+    ref.insert(3, np.abs(_mixed(rng, n, dtype)))                    # p, g, m, v
+    new = [a.copy() for a in ref]
+    for t in range(1, 6):
+        ref[1][...] = new[1][...] = _mixed(rng, n, dtype)
+        optim._adam_update(*ref, 0.9, 0.999, 1e-3 * t, 7e-9)
+        assert compiled.adam_update_(kernel, *new, 0.9, 0.999, 1e-3 * t, 7e-9)
+        for r, n_ in zip(ref, new):
+            assert np.array_equal(r.view(f"u{r.itemsize}"), n_.view(f"u{r.itemsize}"))
+    tiny = np.finfo(np.float32).tiny
+    assert ((ref[2] != 0) & (np.abs(ref[2]) < tiny)).mean() > 0.05  # the subnormal range met
+
+
+def test_the_bit_comparison_sees_one_rounding_less():
+    """What the comparison above guards against: m = b1 m + (1 - b1) g rounded once (as an
+    FMA, or a float64 loop, would) instead of after each operation differs from the reference
+    in many entries' last bits."""
+    rng = np.random.default_rng(12)
+    m, g = rng.standard_normal((2, 10_000)).astype(np.float32)
+    b1, c1 = np.float32(0.9), np.float32(0.1)
+    ref = m * b1 + g * c1
+    once = (m.astype(np.float64) * b1 + g.astype(np.float64) * c1).astype(np.float32)
+    assert (ref != once).mean() > 0.01
+
+
+def test_adam_runs_the_compiled_loop_and_can_be_told_not_to(monkeypatch):
+    """With numba, a NumPy Adam's step goes through the compiled loop for every contiguous
+    array (and the reference update for the rest); ``SCRATCHVAE_COMPILED=0`` turns it off."""
+    _needs("compiled")
+    calls = []
+    orig = compiled.adam_update_
+    monkeypatch.setattr(compiled, "adam_update_",
+                        lambda *a: calls.append(a[1].shape) or orig(*a))
+    b = Backend("numpy", "float32")
+    params = {"a": np.ones((3, 4), np.float32), "t": np.asfortranarray(np.ones((4, 3), np.float32))}
+    opt = Adam(b, params)
+    opt.step(params, {k: np.full(v.shape, 0.5, np.float32) for k, v in params.items()})
+    assert calls == [(3, 4), (4, 3)]
+    assert np.all(params["a"] == params["t"].T) and np.all(params["a"] < 1)
+    monkeypatch.setenv("SCRATCHVAE_COMPILED", "0")
+    assert compiled.adam_kernel() is None
+    opt.step(params, {k: np.full(v.shape, 0.5, np.float32) for k, v in params.items()})
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("min_bytes", [0, 1 << 30])     # in buffers; all left to malloc

@@ -164,7 +164,22 @@ def bench_step(model, backend, B, steps, seed=0, warmup=3):
             "gemm_in_step_ms": in_step, "ratio_in_step": ms / in_step,
             "adam_ms": med(t_adam), "elementwise_ms": elementwise, "other_ms": other,
             "n_matmuls": len(calls), "n_params": n_params,
-            "workspace_mb": (opt.ws.nbytes() / 2**20) if opt.ws is not None else 0.0}
+            "workspace_mb": (opt.ws.nbytes() / 2**20) if opt.ws is not None else 0.0,
+            "adam": adam_path(opt)}
+
+
+def adam_path(opt) -> str:
+    """Which Adam update the step ran: CuPy's fused kernel, the compiled loop (numba), or
+    NumPy's chunked passes (see scratchvae/optim.py)."""
+    if opt.b.name == "cupy":
+        return "fused kernel"
+    if opt.b.name != "numpy":
+        return "array API"
+    from ..compiled import adam_kernel
+    if opt.compiled and adam_kernel() is not None:
+        import numba
+        return f"compiled loop (numba {numba.__version__})"
+    return "NumPy passes (numba not installed)"
 
 
 def _threads(n):
@@ -213,6 +228,6 @@ def _summary(r) -> str:
     """One human line: the ratio and where the step's time goes."""
     return (f"# {r['model']}: {r['ms_per_step']:.1f} ms/step = {r['ratio']:.2f}x its GEMM floor "
             f"({r['gemm_floor_ms']:.1f} ms); in the step: matrix products "
-            f"{r['gemm_in_step_ms']:.1f}, Adam {r['adam_ms']:.1f}, elementwise "
+            f"{r['gemm_in_step_ms']:.1f}, Adam {r['adam_ms']:.1f} ({r.get('adam')}), elementwise "
             f"{r['elementwise_ms']:.1f}, other {r['other_ms']:.1f} ms; {r.get('blas')} "
             f"{r.get('blas_threads', '')} thread(s); peak RSS {r['peak_rss_mb']:.0f} MiB")

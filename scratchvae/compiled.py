@@ -1,0 +1,75 @@
+"""Floor 1 (CPU, optional): Adam's update as one compiled loop, when numba is installed.
+
+NumPy can only run Adam as a dozen passes (``optim._adam_update_into``), each a separate call
+over a cache-sized chunk; the update is one read of p, g, m, v and one write of p, m, v, so a
+single loop doing every operation on an element while it is in a register moves the same bytes
+once and does no pass twice.  Measured on the VaDE network's 3.35 M float32 parameters (one
+thread; ``python scripts/adam_floor.py``): 7.6 ms in NumPy passes, 3.1 ms in this loop, 3.4 ms
+to merely stream the same bytes through NumPy.
+
+The loop is :func:`scratchvae.optim._adam_update` line by line, on one flat array, in the
+array's own dtype (the scalars arrive rounded to it, as NumPy rounds a Python float meeting a
+float32 array), compiled without ``fastmath`` -- so LLVM neither reassociates nor contracts a
+multiply and an add into an FMA, which would round once instead of twice -- with IEEE ``sqrt``
+and division: every operation is correctly rounded as NumPy's is, so the result has the
+reference's bits (``tests/test_speed.py`` compares them, subnormals included).
+``error_model="numpy"`` drops Python's check of every division for a zero divisor (a branch
+that stops the loop from being vectorised; ``sqrt(v) + eps_hat`` is never 0).
+
+numba is optional (``pip install -e ".[fast]"``; the test extra has it): without it, or with
+``SCRATCHVAE_COMPILED=0`` in the environment, :func:`adam_kernel` returns None and Adam runs
+its NumPy passes, with the same bits.  It is a compiler for plain Python loops, not an autograd
+library: every gradient here is still written out by hand.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+_KERNEL = []    # [] not tried yet; [None] unavailable; [fn] compiled (lazily, on first use)
+
+
+def _build():
+    try:
+        from numba import njit
+    except ImportError:
+        return None
+
+    def adam(p, g, m, v, b1, c1, b2, c2, step, eps_hat):
+        for i in range(p.size):
+            gi = g[i]
+            mi = m[i] * b1 + gi * c1                 # m = b1 m + (1 - b1) g
+            vi = v[i] * b2 + (gi * gi) * c2          # v = b2 v + (1 - b2) (g g)
+            m[i] = mi
+            v[i] = vi
+            p[i] = p[i] - (mi / (np.sqrt(vi) + eps_hat)) * step   # p -= step m / (v^.5 + eps)
+
+    try:             # the compiled code is kept in __pycache__ (or the user's cache) ...
+        return njit(cache=True, nogil=True, error_model="numpy")(adam)
+    except RuntimeError:                 # ... where one is writable; else compiled per process
+        return njit(nogil=True, error_model="numpy")(adam)
+
+
+def adam_kernel():
+    """The compiled update ``f(p, g, m, v, b1, c1, b2, c2, step, eps_hat)`` on flat contiguous
+    arrays of one dtype (scalars of that dtype; c1 = 1 - b1, c2 = 1 - b2), or None when numba is
+    missing or ``SCRATCHVAE_COMPILED=0``."""
+    if os.environ.get("SCRATCHVAE_COMPILED", "1") == "0":
+        return None
+    if not _KERNEL:
+        _KERNEL.append(_build())
+    return _KERNEL[0]
+
+
+def adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat) -> bool:
+    """One Adam update of p, m, v in place by ``kernel`` if their layout allows it (p, m, v
+    C-contiguous, g of their dtype; float32 or float64); returns whether it ran."""
+    t = p.dtype
+    if not (p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous
+            and t.kind == "f" and t.itemsize in (4, 8) and g.dtype == t == m.dtype == v.dtype):
+        return False
+    f = t.type
+    kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(b1), f(1.0 - b1),
+           f(b2), f(1.0 - b2), f(step), f(eps_hat))
+    return True
