@@ -7,14 +7,17 @@
 The bias corrections are folded into one scalar step size; ``eps_hat = eps * sqrt(1 - b2^t)``
 keeps the update identical to the textbook form m_hat / (sqrt(v_hat) + eps).
 
-Speed.  Adam is pure memory traffic: a dozen elementwise passes over every parameter.  On NumPy
-the update runs over cache-sized chunks of each array, so each array is read from and written to
-DRAM once and the dozen passes hit L2, and every pass writes into one preallocated scratch
-chunk (``out=``): no temporaries, so no allocation or page fault per step.  On CuPy the whole
-update is one fused kernel per array (``scratchvae/fused.py``); on array-api-strict it is the
-reference :func:`_adam_update` on whole arrays.  All three do the same operations in the same
-order, so they give the same bits (``tests/test_speed.py``).  (Threads over chunks were
-measured and gave nothing on the 2-core machine: the passes are bandwidth-bound.)
+Speed.  Adam is pure memory traffic: a dozen elementwise operations on every parameter.  On
+NumPy with numba installed the update is one compiled loop per array (``scratchvae/compiled.py``),
+each element read and written once; without numba it runs over cache-sized chunks of each array,
+so each array is read from and written to DRAM once and the dozen passes hit L2, and every pass
+writes into one preallocated scratch chunk (``out=``): no temporaries, so no allocation or page
+fault per step (2.2x the compiled loop's time on the VaDE network, ``scripts/adam_floor.py``).
+On CuPy the whole update is one fused kernel per array (``scratchvae/fused.py``); on
+array-api-strict it is the reference :func:`_adam_update` on whole arrays.  All four do the same
+operations in the same order, so they give the same bits (``tests/test_speed.py``).  (Threads
+over chunks were measured and gave nothing on the 2-core machine: the passes are
+bandwidth-bound.)
 
 Subnormals.  A parameter whose gradient has gone to zero (a dead unit, an input pixel that is
 always 0) keeps a first moment that decays by b1 each step into float32's subnormal range and
