@@ -12,7 +12,9 @@ array's own dtype (the scalars arrive rounded to it, as NumPy rounds a Python fl
 float32 array), compiled without ``fastmath`` -- so LLVM neither reassociates nor contracts a
 multiply and an add into an FMA, which would round once instead of twice -- with IEEE ``sqrt``
 and division: every operation is correctly rounded as NumPy's is, so the result has the
-reference's bits (``tests/test_speed.py`` compares them, subnormals included).
+reference's bits (``tests/test_speed.py`` compares them, subnormals included) -- every
+non-NaN result; where two NaNs of different payloads meet in an addition, which payload
+survives may differ (LLVM may commute the operands).
 ``error_model="numpy"`` drops Python's check of every division for a zero divisor (a branch
 that stops the loop from being vectorised; ``sqrt(v) + eps_hat`` is never 0).
 
@@ -30,25 +32,36 @@ import numpy as np
 _KERNEL = []    # [] not tried yet; [None] unavailable; [fn] compiled (lazily, on first use)
 
 
+def _adam(p, g, m, v, b1, c1, b2, c2, step, eps_hat):
+    """:func:`scratchvae.optim._adam_update` on flat arrays, one element at a time."""
+    for i in range(p.size):
+        gi = g[i]
+        mi = m[i] * b1 + gi * c1                 # m = b1 m + (1 - b1) g
+        vi = v[i] * b2 + (gi * gi) * c2          # v = b2 v + (1 - b2) (g g)
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] - (mi / (np.sqrt(vi) + eps_hat)) * step   # p -= step m / (v^.5 + eps)
+
+
 def _build():
+    """The compiled :func:`_adam`, tried once on float32 and float64 arrays; None if numba is
+    missing or broken, or compiling fails.  The compiled code is cached in __pycache__ or the
+    user's cache; where neither is writable (numba raises at decoration) or writing fails (a
+    full disk: numba raises at the first call) it is compiled anew in each process."""
     try:
         from numba import njit
-    except ImportError:
+    except Exception:                   # ImportError, or a broken llvmlite (OSError)
         return None
-
-    def adam(p, g, m, v, b1, c1, b2, c2, step, eps_hat):
-        for i in range(p.size):
-            gi = g[i]
-            mi = m[i] * b1 + gi * c1                 # m = b1 m + (1 - b1) g
-            vi = v[i] * b2 + (gi * gi) * c2          # v = b2 v + (1 - b2) (g g)
-            m[i] = mi
-            v[i] = vi
-            p[i] = p[i] - (mi / (np.sqrt(vi) + eps_hat)) * step   # p -= step m / (v^.5 + eps)
-
-    try:             # the compiled code is kept in __pycache__ (or the user's cache) ...
-        return njit(cache=True, nogil=True, error_model="numpy")(adam)
-    except RuntimeError:                 # ... where one is writable; else compiled per process
-        return njit(nogil=True, error_model="numpy")(adam)
+    for cache in (True, False):
+        try:
+            fn = njit(cache=cache, nogil=True, error_model="numpy")(_adam)
+            for dt in (np.float32, np.float64):
+                a = np.zeros(1, dt)
+                fn(a, a.copy(), a.copy(), a.copy(), *(dt(0.5),) * 6)
+            return fn
+        except Exception:
+            continue
+    return None
 
 
 def adam_kernel():
@@ -63,11 +76,15 @@ def adam_kernel():
 
 
 def adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat) -> bool:
-    """One Adam update of p, m, v in place by ``kernel`` if their layout allows it (p, m, v
-    C-contiguous, g of their dtype; float32 or float64); returns whether it ran."""
+    """One Adam update of p, m, v in place by ``kernel`` if the arrays allow it -- all four of
+    one shape and one native float32 or float64 dtype, writable, p, m, v C-contiguous; returns
+    whether it ran (if not, the caller runs the reference update, which broadcasts or raises as
+    NumPy does: the loop never reads past an array)."""
     t = p.dtype
-    if not (p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous
-            and t.kind == "f" and t.itemsize in (4, 8) and g.dtype == t == m.dtype == v.dtype):
+    arrs = (p, g, m, v)
+    if not (t.kind == "f" and t.itemsize in (4, 8) and t.isnative
+            and all(a.dtype == t and a.shape == p.shape and a.flags.writeable for a in arrs)
+            and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
         return False
     f = t.type
     kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(b1), f(1.0 - b1),

@@ -152,6 +152,8 @@ class _Subnormals:
 
 
 class Adam:
+    compiled = True     # a class default too: an Adam pickled before the attribute existed
+
     def __init__(self, b, params: dict, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
         if not lr > 0:
             raise ValueError(f"learning rate must be positive, got {lr}")
@@ -174,27 +176,30 @@ class Adam:
     def step(self, params: dict, grads: dict, lr: float | None = None, keys=None):
         """One in-place update of ``params`` (only ``keys`` if given)."""
         self.t += 1
-        lr = self.lr if lr is None else float(lr)
-        c1 = 1.0 - self.b1 ** self.t
-        c2 = 1.0 - self.b2 ** self.t
+        # Python floats throughout (a NumPy float64 scalar meeting a float32 array would make
+        # NumPy compute in float64, and the paths below would round differently)
+        lr = float(self.lr if lr is None else lr)
+        b1, b2 = float(self.b1), float(self.b2)
+        c1 = 1.0 - b1 ** self.t
+        c2 = 1.0 - b2 ** self.t
         step = lr * math.sqrt(c2) / c1
-        eps_hat = self.eps * math.sqrt(c2)
+        eps_hat = float(self.eps) * math.sqrt(c2)
         keys = list(grads.keys() if keys is None else keys)
         if self.b.name == "cupy" and self.inplace:  # pragma: no cover - GPU only
             from .fused import adam_update_
             for k in keys:
-                adam_update_(params[k], grads[k], self.m[k], self.v[k], self.b1, self.b2, step,
+                adam_update_(params[k], grads[k], self.m[k], self.v[k], b1, b2, step,
                              eps_hat)
             return
         if not self.chunked:
             for k in keys:
-                _adam_update(params[k], grads[k], self.m[k], self.v[k], self.b1, self.b2, step, eps_hat)
+                _adam_update(params[k], grads[k], self.m[k], self.v[k], b1, b2, step, eps_hat)
             return
         if self.inplace and self.compiled:
             from .compiled import adam_kernel
             kernel = adam_kernel()
             if kernel is not None:
-                return self._step_compiled(kernel, params, grads, keys, step, eps_hat)
+                return self._step_compiled(kernel, params, grads, keys, b1, b2, step, eps_hat)
         work = []
         for k in keys:
             p, g, m, v = params[k], grads[k], self.m[k], self.v[k]
@@ -207,7 +212,7 @@ class Adam:
                 work.append((pf[i:j], gf[i:j], mf[i:j], vf[i:j]))
         if not self.inplace:
             for it in work:
-                _adam_update(*it, self.b1, self.b2, step, eps_hat)
+                _adam_update(*it, b1, b2, step, eps_hat)
             return
         import numpy as np
         n = max((int(it[0].size) for it in work), default=0)
@@ -219,13 +224,13 @@ class Adam:
             self._sub.take_out(np, keys, params, grads, self.m, self.v)
         for p, g, m, v in work:
             t = self._scratch[:p.size].reshape(p.shape)
-            _adam_update_into(np, p, g, m, v, self.b1, self.b2, step, eps_hat, t)
+            _adam_update_into(np, p, g, m, v, b1, b2, step, eps_hat, t)
         if f32:
-            self._sub.put_back(np, self.b1, step, eps_hat)
+            self._sub.put_back(np, b1, step, eps_hat)
             if self.t % _SCAN_EVERY == 0:
                 self._sub.scan(np, keys, self.m, self._scratch)
 
-    def _step_compiled(self, kernel, params, grads, keys, step, eps_hat):
+    def _step_compiled(self, kernel, params, grads, keys, b1, b2, step, eps_hat):
         """:meth:`step` as one compiled loop per array (``scratchvae/compiled.py``: the same
         operations, the same bits); an array it cannot take (not contiguous, mixed dtypes) gets
         the reference update.  Near-subnormal first moments leave the loop as they leave the
@@ -236,9 +241,9 @@ class Adam:
         self._sub.take_out(np, keys, params, grads, self.m, self.v)    # float32 arrays only
         for k in keys:
             p, g, m, v = params[k], grads[k], self.m[k], self.v[k]
-            if not adam_update_(kernel, p, g, m, v, self.b1, self.b2, step, eps_hat):
-                _adam_update(p, g, m, v, self.b1, self.b2, step, eps_hat)
-        self._sub.put_back(np, self.b1, step, eps_hat)
+            if not adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat):
+                _adam_update(p, g, m, v, b1, b2, step, eps_hat)
+        self._sub.put_back(np, b1, step, eps_hat)
         if self.t % _SCAN_EVERY == 0:
             if self._scratch is None or self._scratch.dtype != np.float32:
                 self._scratch = np.empty(_CHUNK, dtype=np.float32)

@@ -281,6 +281,58 @@ def test_adam_runs_the_compiled_loop_and_can_be_told_not_to(monkeypatch):
     assert len(calls) == 2
 
 
+def test_compiled_adam_leaves_what_it_cannot_take_to_the_reference():
+    """A gradient of another shape (the loop would read past its end), a read-only or
+    big-endian array: the compiled update declines and the reference runs -- which raises for
+    an incompatible gradient, as NumPy does."""
+    _needs("compiled")
+    kernel = compiled.adam_kernel()
+    p, m, v = (np.ones((30, 40), np.float32) for _ in range(3))
+    for g in (np.ones(40, np.float32), np.ones(2000, np.float32)):
+        assert not compiled.adam_update_(kernel, p, g, m, v, 0.9, 0.999, 1e-3, 1e-8)
+    b = Backend("numpy", "float32")
+    params = {"w": np.ones((30, 40), np.float32)}
+    with pytest.raises(ValueError):
+        Adam(b, params).step(params, {"w": np.ones(2000, np.float32)})
+    ro = np.ones((30, 40), np.float32)
+    ro.flags.writeable = False
+    assert not compiled.adam_update_(kernel, ro, ro.copy(), m, v, 0.9, 0.999, 1e-3, 1e-8)
+    be = [np.ones(5, ">f4") for _ in range(4)]
+    assert not compiled.adam_update_(kernel, *be, 0.9, 0.999, 1e-3, 1e-8)
+
+
+@pytest.mark.parametrize("attr", ["lr", "b1"])
+def test_numpy_scalars_on_the_optimiser_give_the_same_bits(attr):
+    """A NumPy float64 hyper-parameter set after construction (as a scheduler might) is used
+    as a Python float by every path: the compiled loop, the passes and the reference agree."""
+    _needs("compiled")
+    rng = np.random.default_rng(5)
+    b = Backend("numpy", "float32")
+    p0 = {"a": rng.standard_normal((17, 9)).astype(np.float32)}
+    runs = []
+    for mode in ("reference", "chunks", "compiled"):
+        p = {k: v.copy() for k, v in p0.items()}
+        opt = Adam(b, p)
+        opt.inplace, opt.compiled = mode != "reference", mode == "compiled"
+        setattr(opt, attr, np.float64(getattr(opt, attr)) * np.float64(1.1))
+        for t in range(4):
+            opt.step(p, {"a": np.random.default_rng(t).standard_normal((17, 9)).astype(
+                np.float32)})
+        runs.append(p["a"])
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
+
+
+def test_an_adam_pickled_before_the_compiled_path_resumes():
+    _needs("compiled")
+    b = Backend("numpy", "float32")
+    params = {"a": np.ones((3, 4), np.float32)}
+    opt = Adam(b, params)
+    del opt.__dict__["compiled"]                       # as an older pickle has it
+    opt = pickle.loads(pickle.dumps(opt))
+    opt.step(params, {"a": np.full((3, 4), 0.5, np.float32)})
+    assert opt.compiled and np.all(params["a"] < 1)
+
+
 @pytest.mark.parametrize("min_bytes", [0, 1 << 30])     # in buffers; all left to malloc
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_buffered_bernoulli_is_exact_through_the_subnormal_band(dtype, min_bytes, monkeypatch):
