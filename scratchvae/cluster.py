@@ -235,7 +235,7 @@ def graph_partition(X: np.ndarray, Z: np.ndarray, K: int, *, k: int = 10, seed: 
 
 
 def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray, *,
-                                seed: int = 0, var_ratio: float = 0.01) -> dict:
+                                seed: int = 0, var_ratio: float = 0.01, opt=None) -> dict:
     """The mixture from a partition of the latent means Z (N, J): the weights and means of one
     M-step with hard responsibilities ``labels`` (pi_c = N_c / N, mu_c = mean) and variances
     ``var_ratio`` times the cluster's scatter (floored at 1.5 var_min).  Small component
@@ -245,7 +245,8 @@ def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray
     plain M-step, the MNIST subset lost 3 points of its partition in the first warm-up epoch).
     A cluster with fewer than 2 members starts at a random code (drawn with ``seed``) with the
     overall scatter and a count of 1 before the weights are normalised (the collapse guard may
-    re-seed it later).  [05-clustering-recipe.md#mixture-initialisation]"""
+    re-seed it later).  With ``opt`` (Adam) the prior's moments are reset.
+    [05-clustering-recipe.md#mixture-initialisation]"""
     # (C.2): pi_c = N_c / N, mu_c = mean, var_c = max(rho * scatter, 1.5 var_min)
     prior = model.prior
     K, (N, J) = prior.K, Z.shape
@@ -261,7 +262,7 @@ def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray
         else:
             w[c], mu[c], var[c] = 1.0, Z[rs.integers(N)], Z.var(0)
     var = np.maximum(var_ratio * var, 1.5 * prior.var_min)
-    _set_mixture(model, params, np.log(w / w.sum()), mu, var=var)
+    _set_mixture(model, params, np.log(w / w.sum()), mu, var=var, opt=opt)
     return {"init_weights": (w / w.sum()).tolist()}
 
 

@@ -29,6 +29,7 @@ CHECKS = {  # name -> (test, what the value must be)
     "positive": (lambda v: v > 0, "positive"),
     "nonneg": (lambda v: v >= 0, ">= 0"),
     "fraction": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "unit": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
 }
 
 

@@ -42,6 +42,12 @@ class ClusteringRecipe:
                                     "at least this many Adam steps (whole epochs, at most 300): "
                                     "20 epochs of the bundled digits, as many updates on "
                                     "smaller data", check="nonneg")
+    anchor_agreement: float = option(0.98, "init graph: after the warm-up, the share of training "
+                                           "rows whose own q(c|x) must pick their partition "
+                                           "cluster; below it the warm-up runs again with "
+                                           "components sqrt(10) times narrower", check="unit")
+    anchor_tighten: int = option(2, "init graph: at most this many such narrower warm-ups "
+                                    "(0: never)", check="nonneg")
     gmm_restarts: int = option(10, "init gmm: GaussianMixture restarts on the latent means (best "
                                    "likelihood wins)", check="positive")
     elbo_encoder: str = option("held", "the ELBO stage: hold the codes mu(x) as the warm-up "
@@ -50,6 +56,10 @@ class ClusteringRecipe:
                                        "(trained, as VaDE)", choices=("held", "trained"))
     collapse_pi_min: float = option(0.1, "re-seed a component whose weight falls below this / K",
                                     check="nonneg")
+
+
+ANCHOR_VAR_RATIO = 0.01   # the warm-up's components: this times their cluster's code scatter
+TIGHTEN = 10 ** 0.5       # each further warm-up's components: this many times narrower
 
 
 def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: int, lr: float,
@@ -85,20 +95,32 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
         labels, grep_ = graph_partition(Xh.reshape(Xh.shape[0], -1), Z, model.prior.K,
                                         k=r.graph_k, seed=seed)
         rep.update(grep_)
-        rep.update(init_mixture_from_partition(   # narrow components only for a warm-up
-            model, params, Z, labels, seed=seed, var_ratio=0.01 if A > 0 else 1.0))
+        ratio = ANCHOR_VAR_RATIO if A > 0 else 1.0  # narrow components only for a warm-up
+        rep.update(init_mixture_from_partition(model, params, Z, labels, seed=seed,
+                                               var_ratio=ratio))
         init_logvar_head(model, params, Z)
         rep["partition"] = labels
-        if A > 0:
+        rounds = []
+        while A > 0:
             ah, rep["optimizer"] = _anchored_warm_up(
-                model, params, X, labels, A, batch_size, lr, progress, score,
-                rep.get("optimizer"))
+                model, params, X, labels, A, batch_size, lr, progress,
+                score if not rounds else None, rep.get("optimizer"))
             rep["anchor_loss"] = ah[-1]["loss"]
-            rep.setdefault("history", {})["warm-up"] = ah
+            rep.setdefault("history", {}).setdefault("warm-up", []).extend(ah)
             # the warm-up's components started narrow (C.2); the ELBO stage gets them as wide
             # as the codes they now hold (C.3)
             refit_mixture(model, params, X, labels, opt=rep.get("optimizer"))
+            # does the model's own assignment keep the partition?  (components carry the
+            # partition's cluster indices, so this is plain agreement; label-free)
+            agree = float(np.mean(model.predict(params, X) == labels))
+            rounds.append({"var_ratio": ratio, "agreement": agree})
+            if agree >= r.anchor_agreement or len(rounds) > r.anchor_tighten:
+                break
+            ratio /= TIGHTEN        # not yet Gaussian enough in the codes: pull harder
+            init_mixture_from_partition(model, params, model.latent_means(params, X), labels,
+                                        seed=seed, var_ratio=ratio, opt=rep.get("optimizer"))
         rep["anchor_epochs"] = A
+        rep["anchor_rounds"] = rounds
     rep["recipe_seconds"] = time.perf_counter() - t0
     return rep
 

@@ -45,12 +45,13 @@ class GMVAE(ClusterMixin, VAE):
         chosen when it differs from its default."""
         o, n, d = self.options, Xh.shape[0], self.Options()
         meta = {f.name: f.metadata for f in dataclasses.fields(o)}
-        chosen = {k for k in ("anchor_epochs", "anchor_steps", "graph_k", "gmm_restarts")
-                  if getattr(o, k) != getattr(d, k)}
+        graph_only = ("anchor_epochs", "anchor_steps", "anchor_agreement", "anchor_tighten",
+                      "graph_k")
+        chosen = {k for k in graph_only + ("gmm_restarts",) if getattr(o, k) != getattr(d, k)}
         if o.clusters > n:
             raise UsageError(f"clusters={o.clusters} (--clusters) exceeds the {n} training "
                              "rows; use fewer clusters or more data")
-        for k in ("anchor_epochs", "anchor_steps", "graph_k"):
+        for k in graph_only:
             if o.init == "gmm" and k in chosen:
                 raise UsageError(f"{spell(k, meta[k])} applies to init graph (the neighbour-graph "
                                  "partition and its warm-up); drop it or use init graph")
