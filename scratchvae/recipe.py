@@ -96,17 +96,23 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
                                         k=r.graph_k, seed=seed)
         rep.update(grep_)
         ratio = ANCHOR_VAR_RATIO if A > 0 else 1.0  # narrow components only for a warm-up
-        rep.update(init_mixture_from_partition(model, params, Z, labels, seed=seed,
-                                               var_ratio=ratio))
         init_logvar_head(model, params, Z)
         rep["partition"] = labels
+        # the warm-up may run again from here, narrower: keep the state it starts from
+        start = _snapshot(model, params, rep.get("optimizer")) if r.anchor_tighten else None
         rounds = []
-        while A > 0:
+        while True:
+            rep.update(init_mixture_from_partition(model, params, Z, labels, seed=seed,
+                                                   var_ratio=ratio, opt=rep.get("optimizer")))
+            if A == 0:
+                break
+            if rounds and score is not None:
+                score(None, None)                 # forget the abandoned warm-up's scores
             ah, rep["optimizer"] = _anchored_warm_up(
-                model, params, X, labels, A, batch_size, lr, progress,
-                score if not rounds else None, rep.get("optimizer"))
+                model, params, X, labels, A, batch_size, lr, progress, score,
+                rep.get("optimizer"))
             rep["anchor_loss"] = ah[-1]["loss"]
-            rep.setdefault("history", {}).setdefault("warm-up", []).extend(ah)
+            rep.setdefault("history", {})["warm-up"] = ah
             # the warm-up's components started narrow (C.2); the ELBO stage gets them as wide
             # as the codes they now hold (C.3)
             refit_mixture(model, params, X, labels, opt=rep.get("optimizer"))
@@ -116,13 +122,33 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
             rounds.append({"var_ratio": ratio, "agreement": agree})
             if agree >= r.anchor_agreement or len(rounds) > r.anchor_tighten:
                 break
-            ratio /= TIGHTEN        # not yet Gaussian enough in the codes: pull harder
-            init_mixture_from_partition(model, params, model.latent_means(params, X), labels,
-                                        seed=seed, var_ratio=ratio, opt=rep.get("optimizer"))
+            # not Gaussian enough in the codes: the warm-up again from where it started, its
+            # components narrower (a stronger pull) -- not on from here, which squeezes twice
+            ratio /= TIGHTEN
+            rep["optimizer"] = _restore(model, params, start)
         rep["anchor_epochs"] = A
         rep["anchor_rounds"] = rounds
     rep["recipe_seconds"] = time.perf_counter() - t0
     return rep
+
+
+def _snapshot(model, params, opt):
+    """Copies of the parameters and of the optimiser (its moments and step count)."""
+    import copy
+
+    xp = model.b.xp
+    return {k: xp.asarray(v, copy=True) for k, v in params.items()}, copy.deepcopy(opt)
+
+
+def _restore(model, params, start):
+    """``params`` (in place) and a fresh copy of the optimiser as :func:`_snapshot` kept them;
+    returns the optimiser."""
+    import copy
+
+    kept, opt = start
+    xp = model.b.xp
+    params.update({k: xp.asarray(v, copy=True) for k, v in kept.items()})
+    return copy.deepcopy(opt)
 
 
 def pretrain_epochs(r: ClusteringRecipe, n_rows: int, batch_size: int) -> int:
@@ -181,13 +207,18 @@ def epoch_hook(model, X, y, pi_min: float = 0.1):
     starting partition (``track["partition"]``, when the recipe made one; label-free) and, when
     labels ``y`` exist, the training ACC/NMI -- labels are only ever reported, never used to
     choose anything.  ``track["score"](epoch, params)`` records ACC/NMI alone (the warm-up
-    calls it)."""
+    calls it; ``score(None, None)`` drops the warm-up's records when it starts again)."""
     from .cluster import collapse_guard
     from .metrics import cluster_acc, clustering_metrics
 
     track = {"epoch": [], "acc": [], "nmi": [], "reseeded": 0, "partition": None}
 
     def score(epoch, params, labels=None):
+        if epoch is None:                         # a warm-up starts again: drop its records
+            keep = [i for i, e in enumerate(track["epoch"]) if e > 0]
+            for k in ("epoch", "acc", "nmi"):
+                track[k] = [track[k][i] for i in keep]
+            return None
         if y is None:
             return None
         cm = clustering_metrics(y, model.predict(params, X) if labels is None else labels)

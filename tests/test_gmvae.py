@@ -570,3 +570,51 @@ def test_pretraining_is_budgeted_in_steps():
     assert pretrain_epochs(ClusteringRecipe(pretrain_epochs=7), 4000, 128) == 7
     assert pretrain_epochs(ClusteringRecipe(pretrain_steps=0), 4000, 128) == 0
     assert pretrain_epochs(ClusteringRecipe(pretrain_steps=3200), 4000, 128) == 100
+
+
+def test_warm_up_tightens_until_the_model_keeps_the_partition():
+    """After each anchored warm-up the recipe measures, label-free, how many training rows the
+    model's own q(c|x) gives their partition cluster; below anchor_agreement the warm-up runs
+    again from where it started (the same parameters and optimiser), components sqrt(10) times
+    narrower, at most anchor_tighten more times.  The recorded agreement is the model's,
+    measured independently here; a rerun warm-up equals a first warm-up at its ratio."""
+    from scratchvae import GMVAE
+    from scratchvae.data import load_dataset
+    from scratchvae.recipe import ClusteringRecipe, initialise
+
+    ds = load_dataset("digits", limit=300)
+    est = GMVAE(latent_dim=3, hidden=(16,), clusters=4, batch_size=64)
+    est._build(64)
+    m, b = est.model_, est.backend_
+    X = b.asarray(ds.x_train.reshape(len(ds.x_train), -1))
+
+    def run(**kw):
+        params = m.init_params(b.rng("init"))
+        rep = initialise(m, params, X, ClusteringRecipe(**{"pretrain_epochs": 3,
+                                                           "anchor_epochs": 2, **kw}),
+                         seed=0, batch_size=64, lr=1e-3)
+        return params, rep
+
+    params, rep = run(anchor_agreement=1.0, anchor_tighten=2)
+    rounds = rep["anchor_rounds"]
+    assert len(rounds) >= 2                              # the first warm-up fell short here
+    np.testing.assert_allclose([a["var_ratio"] for a in rounds],
+                               [0.01 / 10 ** (i / 2) for i in range(len(rounds))])
+    assert all(a["agreement"] < 1.0 for a in rounds[:-1])
+    assert len(rounds) == 3 or rounds[-1]["agreement"] == 1.0
+    assert rounds[-1]["agreement"] == np.mean(m.predict(params, X) == rep["partition"])
+    assert len(rep["history"]["warm-up"]) == 2                 # the last warm-up's epochs
+    for kw in ({"anchor_tighten": 0, "anchor_agreement": 1.0}, {"anchor_agreement": 0.0}):
+        assert len(run(**kw)[1]["anchor_rounds"]) == 1
+    assert run(anchor_epochs=0)[1]["anchor_rounds"] == []
+    if len(rounds) >= 2:                                # restarted, not continued:
+        import scratchvae.recipe as R
+        orig = R.ANCHOR_VAR_RATIO
+        try:
+            R.ANCHOR_VAR_RATIO = rounds[1]["var_ratio"]
+            p2, rep2 = run(anchor_agreement=0.0)
+        finally:
+            R.ANCHOR_VAR_RATIO = orig
+        assert rep2["anchor_rounds"][0]["agreement"] == rounds[1]["agreement"]
+        if len(rounds) == 2:
+            assert all(np.array_equal(b.to_numpy(p2[k]), b.to_numpy(params[k])) for k in p2)
