@@ -44,8 +44,9 @@ class ClusteringRecipe:
                                     "smaller data", check="nonneg")
     anchor_agreement: float = option(0.98, "init graph: after the warm-up, the share of training "
                                            "rows whose own q(c|x) must pick their partition "
-                                           "cluster; below it the warm-up runs again with "
-                                           "components sqrt(10) times narrower", check="unit")
+                                           "cluster; below it the warm-up runs again from its "
+                                           "start with components sqrt(10) times narrower",
+                                     check="unit")
     anchor_tighten: int = option(2, "init graph: at most this many such narrower warm-ups "
                                     "(0: never)", check="nonneg")
     gmm_restarts: int = option(10, "init gmm: GaussianMixture restarts on the latent means (best "
@@ -116,8 +117,9 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
             # the warm-up's components started narrow (C.2); the ELBO stage gets them as wide
             # as the codes they now hold (C.3)
             refit_mixture(model, params, X, labels, opt=rep.get("optimizer"))
-            # does the model's own assignment keep the partition?  (components carry the
-            # partition's cluster indices, so this is plain agreement; label-free)
+            # (C.5): does the model's own assignment keep the partition?  (components carry
+            # the partition's cluster indices, so this is plain agreement; label-free)
+            # [05-clustering-recipe.md#when-the-warm-up-falls-short-again-narrower]
             agree = float(np.mean(model.predict(params, X) == labels))
             rounds.append({"var_ratio": ratio, "agreement": agree})
             if agree >= r.anchor_agreement or len(rounds) > r.anchor_tighten:

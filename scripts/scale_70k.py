@@ -47,7 +47,8 @@ print(json.dumps({"total_s": round(total, 1), "recipe_s": round(g.fit_info_["rec
                   "pretrain_epochs": g.fit_info_["pretrain_epochs"], **{k: round(v, 1) for k, v in T.items()},
                   "partition_acc": round(g.fit_info_["partition_acc"], 3),
                   "train_acc": round(cluster_acc(y, g.labels_), 3),
-                  "agreement": round(g.fit_info_["partition_agreement"], 3)}), flush=True)
+                  "agreement": round(g.fit_info_["partition_agreement"], 3),
+                  "anchor_rounds": g.fit_info_.get("anchor_rounds")}), flush=True)
 tr = g.tracking_
 print("acc trail", [(e, round(a, 3)) for e, a in zip(tr["epoch"], tr["acc"])][::2], flush=True)
 print("agree trail", [round(r.get("partition_agreement", -1), 3) for r in g.history_][::2], "reseeded", tr["reseeded"], flush=True)
