@@ -298,9 +298,9 @@ def em_destination(model, params, Z: np.ndarray, max_iter: int = 200) -> np.ndar
     (N, J), started from the model's mixture (weights, means, variances), run to convergence;
     returns its assignment (N,), each component keeping its index.  With the codes held the ELBO
     stage can only move the mixture, and its updates are EM's on the codes' distribution, so
-    this predicts, label-free, the partition the ELBO stage settles on (measured on 70 000
-    images: the assignment right after the refit kept the partition, the ELBO stage's first
-    epoch moved 10 % of the rows).  [05-clustering-recipe.md#when-the-warm-up-falls-short-again-narrower]"""
+    this predicts, label-free, the partition the ELBO stage settles on (70 000 shifted MNIST
+    images: the assignment right after the last warm-up kept 91.9 % of the partition, this
+    predicted 90.2 %, the ELBO stage ended at 90.0 %).  [05-clustering-recipe.md#when-the-warm-up-falls-short-again-narrower]"""
     from sklearn.mixture import GaussianMixture
 
     b, prior = model.b, model.prior

@@ -11,7 +11,7 @@ OPTION=VALUE pairs are GMVAE options (e.g. ``elbo_encoder=trained``).  Prints th
 the final and the held-out ACC, the agreement with the partition, held-out IWAE (k = 50) and
 ELBO, k-means on the inputs and GaussianMixture on PCA-10 (training rows), and the anchored
 warm-up's rounds (component variance ratio: the model's agreement with the partition after
-it).  Labels are only scored.
+it, and that of EM of its mixture on the held codes).  Labels are only scored.
 """
 import sys
 import time
@@ -84,7 +84,7 @@ def main(argv):
           f"{cluster_acc(y, g.labels_):.3f} agree {g.fit_info_['partition_agreement']:.3f} "
           f"test {ev['acc']:.3f} iwae50 {ev['iwae_ll']:.2f} elbo {ev['elbo']:.2f} "
           f"kmeans {km:.3f} pca_gmm {gm:.3f} warm-ups "
-          + "/".join(f"{a['var_ratio']:.4f}:{a['agreement']:.3f}"
+          + "/".join(f"{a['var_ratio']:.4f}:{a['agreement']:.3f},{a['agreement_em']:.3f}"
                      for a in g.fit_info_.get("anchor_rounds", []))
           + f" {time.time() - t:.0f}s", flush=True)
 
