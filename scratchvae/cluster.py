@@ -245,7 +245,9 @@ def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray
     plain M-step, the MNIST subset lost 3 points of its partition in the first warm-up epoch).
     A cluster with fewer than 2 members starts at a random code (drawn with ``seed``) with the
     overall scatter and a count of 1 before the weights are normalised (the collapse guard may
-    re-seed it later).  With ``opt`` (Adam) the prior's moments are reset.
+    re-seed it later).  With ``opt`` (Adam) the prior's moments are reset.  The report says
+    whether every variance is at the floor (``init_var_floored``: a smaller ratio changes
+    nothing).
     [05-clustering-recipe.md#mixture-initialisation]"""
     # (C.2): pi_c = N_c / N, mu_c = mean, var_c = max(rho * scatter, 1.5 var_min)
     prior = model.prior
@@ -261,9 +263,10 @@ def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray
             w[c], mu[c], var[c] = m.sum(), Z[m].mean(0), Z[m].var(0)
         else:
             w[c], mu[c], var[c] = 1.0, Z[rs.integers(N)], Z.var(0)
+    floored = bool(np.all(var_ratio * var <= 1.5 * prior.var_min))
     var = np.maximum(var_ratio * var, 1.5 * prior.var_min)
     _set_mixture(model, params, np.log(w / w.sum()), mu, var=var, opt=opt)
-    return {"init_weights": (w / w.sum()).tolist()}
+    return {"init_weights": (w / w.sum()).tolist(), "init_var_floored": floored}
 
 
 def refit_mixture(model, params, X, labels: np.ndarray, opt=None, batch: int = 1024) -> dict:

@@ -127,6 +127,9 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
             rounds.append({"var_ratio": ratio, "agreement": agree, "agreement_em": dest})
             if min(agree, dest) >= r.anchor_agreement or len(rounds) > r.anchor_tighten:
                 break
+            if rep["init_var_floored"]:   # every component already at the variance floor:
+                rounds[-1]["floored"] = True    # narrower would rerun the same warm-up
+                break
             # not Gaussian enough in the codes: the warm-up again from where it started, its
             # components narrower (a stronger pull) -- not on from here, which squeezes twice
             ratio /= TIGHTEN

@@ -572,7 +572,7 @@ def test_pretraining_is_budgeted_in_steps():
     assert pretrain_epochs(ClusteringRecipe(pretrain_steps=3200), 4000, 128) == 100
 
 
-def test_warm_up_tightens_until_the_model_keeps_the_partition():
+def test_warm_up_tightens_until_the_model_keeps_the_partition(monkeypatch):
     """After each anchored warm-up the recipe measures, label-free, how many training rows the
     model's own q(c|x) gives their partition cluster; below anchor_agreement the warm-up runs
     again from where it started (the same parameters and optimiser), components sqrt(10) times
@@ -589,6 +589,9 @@ def test_warm_up_tightens_until_the_model_keeps_the_partition():
     m, b = est.model_, est.backend_
     X = b.asarray(ds.x_train.reshape(len(ds.x_train), -1))
 
+    import scratchvae.recipe as R
+    monkeypatch.setattr(R, "ANCHOR_VAR_RATIO", 1.0)     # tiny codes: 0.01 is at the floor
+
     def run(**kw):
         params = m.init_params(b.rng("init"))
         rep = initialise(m, params, X, ClusteringRecipe(**{"pretrain_epochs": 3,
@@ -600,10 +603,11 @@ def test_warm_up_tightens_until_the_model_keeps_the_partition():
     rounds = rep["anchor_rounds"]
     assert len(rounds) >= 2                              # the first warm-up fell short here
     np.testing.assert_allclose([a["var_ratio"] for a in rounds],
-                               [0.01 / 10 ** (i / 2) for i in range(len(rounds))])
+                               [1.0 / 10 ** (i / 2) for i in range(len(rounds))])
     kept = [min(a["agreement"], a["agreement_em"]) for a in rounds]
     assert all(k < 1.0 for k in kept[:-1])
-    assert len(rounds) == 3 or kept[-1] == 1.0
+    assert len(rounds) == 3 or kept[-1] == 1.0 or rounds[-1].get("floored")
+    assert not any(a.get("floored") for a in rounds[:-1])
     assert rounds[-1]["agreement"] == np.mean(m.predict(params, X) == rep["partition"])
     from scratchvae.cluster import em_destination                  # where EM takes the mixture
     dest = em_destination(m, params, m.latent_means(params, X))
@@ -612,14 +616,26 @@ def test_warm_up_tightens_until_the_model_keeps_the_partition():
     for kw in ({"anchor_tighten": 0, "anchor_agreement": 1.0}, {"anchor_agreement": 0.0}):
         assert len(run(**kw)[1]["anchor_rounds"]) == 1
     assert run(anchor_epochs=0)[1]["anchor_rounds"] == []
-    if len(rounds) >= 2:                                # restarted, not continued:
-        import scratchvae.recipe as R
-        orig = R.ANCHOR_VAR_RATIO
-        try:
-            R.ANCHOR_VAR_RATIO = rounds[1]["var_ratio"]
-            p2, rep2 = run(anchor_agreement=0.0)
-        finally:
-            R.ANCHOR_VAR_RATIO = orig
-        assert rep2["anchor_rounds"][0]["agreement"] == rounds[1]["agreement"]
-        if len(rounds) == 2:
-            assert all(np.array_equal(b.to_numpy(p2[k]), b.to_numpy(params[k])) for k in p2)
+    # restarted, not continued: the last round is a first warm-up at its ratio, bit for bit
+    monkeypatch.setattr(R, "ANCHOR_VAR_RATIO", rounds[-1]["var_ratio"])
+    p2, rep2 = run(anchor_agreement=0.0)
+    assert rep2["anchor_rounds"][0]["agreement"] == rounds[-1]["agreement"]
+    assert all(np.array_equal(b.to_numpy(p2[k]), b.to_numpy(params[k])) for k in p2)
+
+
+def test_mixture_init_says_when_every_variance_is_at_its_floor(b64):
+    """init_var_floored: a smaller ratio would give the same mixture (so the recipe does not
+    rerun a warm-up that would repeat the last one)."""
+    from scratchvae.cluster import init_mixture_from_partition
+
+    m = model(b64, K=2, J=3)
+    p = m.init_params(b64.rng("i"))
+    Z = np.random.default_rng(0).standard_normal((40, 3))
+    labels = np.arange(40) % 2
+    floor = 1.5 * m.prior.var_min
+    small = floor / (2 * Z.var(0).max())            # every ratio * scatter under the floor
+    assert init_mixture_from_partition(m, p, Z, labels, var_ratio=small)["init_var_floored"]
+    before = b64.to_numpy(p["prior.logvar_c"]).copy()
+    init_mixture_from_partition(m, p, Z, labels, var_ratio=small / 10)
+    assert np.array_equal(b64.to_numpy(p["prior.logvar_c"]), before)
+    assert not init_mixture_from_partition(m, p, Z, labels, var_ratio=0.01)["init_var_floored"]
