@@ -100,8 +100,9 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
         init_logvar_head(model, params, Z)
         rep["partition"] = labels
         # the warm-up may run again from here, narrower: keep the state it starts from
-        start = _snapshot(model, params, rep.get("optimizer")) if r.anchor_tighten else None
-        rounds = []
+        start = (_snapshot(model, params, rep.get("optimizer"))
+                 if A > 0 and r.anchor_tighten and r.anchor_agreement > 0 else None)
+        rounds, prev = [], None   # prev: the last round before a rerun (its score, state, history)
         while True:
             rep.update(init_mixture_from_partition(model, params, Z, labels, seed=seed,
                                                    var_ratio=ratio, opt=rep.get("optimizer")))
@@ -122,10 +123,20 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
             # [05-clustering-recipe.md#when-the-warm-up-falls-short-again-narrower]
             agree = float(np.mean(model.predict(params, X) == labels))
             # ... and where the ELBO stage, which can only move the mixture, will take it
-            dest = float(np.mean(em_destination(model, params, model.latent_means(params, X))
-                                 == labels))
-            rounds.append({"var_ratio": ratio, "agreement": agree, "agreement_em": dest})
-            if min(agree, dest) >= r.anchor_agreement or len(rounds) > r.anchor_tighten:
+            dest, converged = em_destination(model, params, X)
+            rounds.append({"var_ratio": ratio, "agreement": agree,
+                           "agreement_em": float(np.mean(dest == labels)),
+                           "em_converged": converged})
+            kept = min(agree, rounds[-1]["agreement_em"])
+            if prev is not None and kept <= prev[0]:
+                # narrower did not help: the round before it stands, and pays no more squeeze
+                rounds[-1]["kept"] = False
+                rep["optimizer"] = _restore(model, params, prev[1])
+                rep["history"]["warm-up"], rep["anchor_loss"] = prev[2], prev[2][-1]["loss"]
+                if score is not None:
+                    score(None, None)             # (its per-epoch scores went with the rerun)
+                break
+            if kept >= r.anchor_agreement or len(rounds) > r.anchor_tighten:
                 break
             if rep["init_var_floored"]:   # every component already at the variance floor:
                 rounds[-1]["floored"] = True    # narrower would rerun the same warm-up
@@ -133,6 +144,7 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
             # not Gaussian enough in the codes: the warm-up again from where it started, its
             # components narrower (a stronger pull) -- not on from here, which squeezes twice
             ratio /= TIGHTEN
+            prev = (kept, _snapshot(model, params, rep.get("optimizer")), ah)
             rep["optimizer"] = _restore(model, params, start)
         rep["anchor_epochs"] = A
         rep["anchor_rounds"] = rounds
