@@ -269,6 +269,18 @@ def init_mixture_from_partition(model, params, Z: np.ndarray, labels: np.ndarray
     return {"init_weights": (w / w.sum()).tolist(), "init_var_floored": floored}
 
 
+def posterior_moments(model, params, X, batch: int = 1024):
+    """The encoder's posterior means and variances of the rows X (device), in batches: host
+    float64 arrays (N, J), (N, J)."""
+    b = model.b
+    mus, vs = [], []
+    for i in range(0, X.shape[0], batch):
+        post = model.encode(params, X[i:min(i + batch, X.shape[0]), ...])[0]
+        mus.append(b.to_numpy(post.mu))
+        vs.append(b.to_numpy(post.var))
+    return np.concatenate(mus).astype(np.float64), np.concatenate(vs).astype(np.float64)
+
+
 def refit_mixture(model, params, X, labels: np.ndarray, opt=None, batch: int = 1024) -> dict:
     """The M-step of the anchored bound (M.20) with q(c|x) = one-hot(``labels``), on the current
     encoder: pi_c = N_c / N, mu_c = the mean of the cluster's posterior means, var_c = their
@@ -277,12 +289,7 @@ def refit_mixture(model, params, X, labels: np.ndarray, opt=None, batch: int = 1
     the ELBO stage components as wide as the codes they hold.  With ``opt`` (Adam) the prior's
     moments are reset.  [05-clustering-recipe.md#the-anchored-warm-up]"""
     b, prior = model.b, model.prior
-    mus, vs = [], []
-    for i in range(0, X.shape[0], batch):
-        post = model.encode(params, X[i:min(i + batch, X.shape[0]), ...])[0]
-        mus.append(b.to_numpy(post.mu))
-        vs.append(b.to_numpy(post.var))
-    Z, V = np.concatenate(mus).astype(np.float64), np.concatenate(vs).astype(np.float64)
+    Z, V = posterior_moments(model, params, X, batch)
     K = prior.K
     w = np.bincount(labels, minlength=K).astype(np.float64)
     mu = b.to_numpy(params["prior.mu_c"]).astype(np.float64).copy()
@@ -312,12 +319,7 @@ def em_destination(model, params, X, max_iter: int = 200, batch: int = 1024):
     from sklearn.mixture import GaussianMixture
 
     b, prior = model.b, model.prior
-    mus, vs = [], []
-    for i in range(0, X.shape[0], batch):
-        post = model.encode(params, X[i:min(i + batch, X.shape[0]), ...])[0]
-        mus.append(b.to_numpy(post.mu))
-        vs.append(b.to_numpy(post.var))
-    Z, V = np.concatenate(mus).astype(np.float64), np.concatenate(vs).astype(np.float64)
+    Z, V = posterior_moments(model, params, X, batch)
     if prior.K == 1 or Z.shape[0] < 2:
         return np.zeros(Z.shape[0], dtype=np.int64), True
     pi = np.exp(b.to_numpy(prior.log_pi(b, params)).astype(np.float64))

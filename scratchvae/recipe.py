@@ -71,8 +71,8 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
     epochs -A+1 .. 0 (for a figure).  Returns a report; its ``"partition"`` entry holds the
     graph partition's labels, ``"codes"`` the pretrained latent means (host arrays),
     ``"history"`` the per-epoch records of each phase, and ``"optimizer"`` the Adam state."""
-    from .cluster import (em_destination, graph_partition, init_logvar_head,
-                          init_mixture_from_codes, init_mixture_from_partition, refit_mixture)
+    from .cluster import (graph_partition, init_logvar_head, init_mixture_from_codes,
+                          init_mixture_from_partition)
     from .models.gmvae import PretrainAE
 
     t0 = time.perf_counter()
@@ -96,60 +96,72 @@ def initialise(model, params, X, r: ClusteringRecipe, *, seed: int, batch_size: 
         labels, grep_ = graph_partition(Xh.reshape(Xh.shape[0], -1), Z, model.prior.K,
                                         k=r.graph_k, seed=seed)
         rep.update(grep_)
-        ratio = ANCHOR_VAR_RATIO if A > 0 else 1.0  # narrow components only for a warm-up
         init_logvar_head(model, params, Z)
         rep["partition"] = labels
-        # the warm-up may run again from here, narrower: keep the state it starts from
-        start = (_snapshot(model, params, rep.get("optimizer"))
-                 if A > 0 and r.anchor_tighten and r.anchor_agreement > 0 else None)
-        rounds, prev = [], None   # prev: the last round before a rerun (its score, state, history)
-        while True:
+        if A > 0:
+            _anchored_rounds(model, params, X, Z, labels, r, A, rep, seed=seed,
+                             batch_size=batch_size, lr=lr, progress=progress, score=score)
+        else:                                     # no warm-up: the plain M-step (C.2)
             rep.update(init_mixture_from_partition(model, params, Z, labels, seed=seed,
-                                                   var_ratio=ratio, opt=rep.get("optimizer")))
-            if A == 0:
-                break
-            if rounds and score is not None:
-                score(None, None)                 # forget the abandoned warm-up's scores
-            ah, rep["optimizer"] = _anchored_warm_up(
-                model, params, X, labels, A, batch_size, lr, progress, score,
-                rep.get("optimizer"))
-            rep["anchor_loss"] = ah[-1]["loss"]
-            rep.setdefault("history", {})["warm-up"] = ah
-            # the warm-up's components started narrow (C.2); the ELBO stage gets them as wide
-            # as the codes they now hold (C.3)
-            refit_mixture(model, params, X, labels, opt=rep.get("optimizer"))
-            # (C.5): does the model's own assignment keep the partition?  (components carry
-            # the partition's cluster indices, so this is plain agreement; label-free)
-            # [05-clustering-recipe.md#when-the-warm-up-falls-short-again-narrower]
-            agree = float(np.mean(model.predict(params, X) == labels))
-            # ... and where the ELBO stage, which can only move the mixture, will take it
-            dest, converged = em_destination(model, params, X)
-            rounds.append({"var_ratio": ratio, "agreement": agree,
-                           "agreement_em": float(np.mean(dest == labels)),
-                           "em_converged": converged})
-            kept = min(agree, rounds[-1]["agreement_em"])
-            if prev is not None and kept <= prev[0]:
-                # narrower did not help: the round before it stands, and pays no more squeeze
-                rounds[-1]["kept"] = False
-                rep["optimizer"] = _restore(model, params, prev[1])
-                rep["history"]["warm-up"], rep["anchor_loss"] = prev[2], prev[2][-1]["loss"]
-                if score is not None:
-                    score(None, None)             # (its per-epoch scores went with the rerun)
-                break
-            if kept >= r.anchor_agreement or len(rounds) > r.anchor_tighten:
-                break
-            if rep["init_var_floored"]:   # every component already at the variance floor:
-                rounds[-1]["floored"] = True    # narrower would rerun the same warm-up
-                break
-            # not Gaussian enough in the codes: the warm-up again from where it started, its
-            # components narrower (a stronger pull) -- not on from here, which squeezes twice
-            ratio /= TIGHTEN
-            prev = (kept, _snapshot(model, params, rep.get("optimizer")), ah)
-            rep["optimizer"] = _restore(model, params, start)
+                                                   var_ratio=1.0))
+            rep["anchor_rounds"] = []
         rep["anchor_epochs"] = A
-        rep["anchor_rounds"] = rounds
     rep["recipe_seconds"] = time.perf_counter() - t0
     return rep
+
+
+def _anchored_rounds(model, params, X, Z, labels, r: ClusteringRecipe, A: int, rep: dict, *,
+                     seed, batch_size, lr, progress, score):
+    """The anchored warm-up (``A`` epochs) and its refit (C.3), again from its start with
+    narrower components while the model would not keep the partition (C.5); ``params`` and
+    ``rep`` (optimizer, history, anchor_loss, anchor_rounds) are updated in place.
+    [05-clustering-recipe.md#when-the-warm-up-falls-short-again-narrower]"""
+    from .cluster import em_destination, init_mixture_from_partition, refit_mixture
+
+    ratio = ANCHOR_VAR_RATIO                      # narrow components: the pull of (C.2)
+    # the warm-up may run again from here, narrower: keep the state it starts from
+    start = (_snapshot(model, params, rep.get("optimizer"))
+             if r.anchor_tighten and r.anchor_agreement > 0 else None)
+    rounds, prev = [], None   # prev: the last round before a rerun (its score, state, history)
+    rep["anchor_rounds"] = rounds
+    while True:
+        rep.update(init_mixture_from_partition(model, params, Z, labels, seed=seed,
+                                               var_ratio=ratio, opt=rep.get("optimizer")))
+        if rounds and score is not None:
+            score(None, None)                     # forget the abandoned warm-up's scores
+        ah, rep["optimizer"] = _anchored_warm_up(
+            model, params, X, labels, A, batch_size, lr, progress, score, rep.get("optimizer"))
+        rep["anchor_loss"] = ah[-1]["loss"]
+        rep.setdefault("history", {})["warm-up"] = ah
+        # the warm-up's components started narrow (C.2); the ELBO stage gets them as wide as
+        # the codes they now hold (C.3)
+        refit_mixture(model, params, X, labels, opt=rep.get("optimizer"))
+        # (C.5): does the model's own assignment keep the partition?  (components carry the
+        # partition's cluster indices, so this is plain agreement; label-free) ...
+        agree = float(np.mean(model.predict(params, X) == labels))
+        # ... and where the ELBO stage, which can only move the mixture, will take it
+        dest, converged = em_destination(model, params, X)
+        rounds.append({"var_ratio": ratio, "agreement": agree,
+                       "agreement_em": float(np.mean(dest == labels)), "em_converged": converged})
+        kept = min(agree, rounds[-1]["agreement_em"])
+        if prev is not None and kept <= prev[0]:
+            # narrower did not help: the round before it stands, and pays no more squeeze
+            rounds[-1]["kept"] = False
+            rep["optimizer"] = _restore(model, params, prev[1])
+            rep["history"]["warm-up"], rep["anchor_loss"] = prev[2], prev[2][-1]["loss"]
+            if score is not None:
+                score(None, None)                 # (its per-epoch scores went with the rerun)
+            return
+        if kept >= r.anchor_agreement or len(rounds) > r.anchor_tighten:
+            return
+        if rep["init_var_floored"]:       # every component already at the variance floor:
+            rounds[-1]["floored"] = True        # narrower would rerun the same warm-up
+            return
+        # not Gaussian enough in the codes: the warm-up again from where it started, its
+        # components narrower (a stronger pull) -- not on from here, which squeezes twice
+        ratio /= TIGHTEN
+        prev = (kept, _snapshot(model, params, rep.get("optimizer")), ah)
+        rep["optimizer"] = _restore(model, params, start)
 
 
 def _snapshot(model, params, opt):
