@@ -75,9 +75,27 @@ def adam_kernel():
     return _KERNEL[0]
 
 
-def adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat) -> bool:
+def status() -> str:
+    """Whether Adam's compiled loop is in use here, in words (for ``bench``)."""
+    if os.environ.get("SCRATCHVAE_COMPILED", "1") == "0":
+        return "switched off (SCRATCHVAE_COMPILED=0)"
+    if adam_kernel() is None:
+        return "numba not installed (or not working)"
+    import numba
+    return f"numba {numba.__version__}"
+
+
+def scalars(dtype, b1, b2, step, eps_hat) -> tuple:
+    """The loop's scalars (b1, 1 - b1, b2, 1 - b2, step, eps_hat) rounded to ``dtype``, as
+    NumPy rounds Python floats meeting an array of that dtype: once per step and dtype."""
+    f = dtype.type
+    return f(b1), f(1.0 - b1), f(b2), f(1.0 - b2), f(step), f(eps_hat)
+
+
+def adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat, scal=None) -> bool:
     """One Adam update of p, m, v in place by ``kernel`` if the arrays allow it -- all four of
-    one shape and one native float32 or float64 dtype, writable, p, m, v C-contiguous; returns
+    one shape and one native float32 or float64 dtype, writable, p, m, v C-contiguous (``scal``:
+    :func:`scalars` for that dtype, if already made); returns
     whether it ran (if not, the caller runs the reference update, which broadcasts or raises as
     NumPy does: the loop never reads past an array)."""
     t = p.dtype
@@ -86,7 +104,6 @@ def adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat) -> bool:
             and all(a.dtype == t and a.shape == p.shape and a.flags.writeable for a in arrs)
             and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
         return False
-    f = t.type
-    kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(b1), f(1.0 - b1),
-           f(b2), f(1.0 - b2), f(step), f(eps_hat))
+    kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+           *(scal if scal is not None else scalars(t, b1, b2, step, eps_hat)))
     return True

@@ -237,11 +237,15 @@ class Adam:
         passes (x86 is as slow on them compiled)."""
         import numpy as np
 
-        from .compiled import adam_update_
+        from .compiled import adam_update_, scalars
         self._sub.take_out(np, keys, params, grads, self.m, self.v)    # float32 arrays only
+        scal = {}                                                      # per dtype, this step
         for k in keys:
             p, g, m, v = params[k], grads[k], self.m[k], self.v[k]
-            if not adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat):
+            s = scal.get(p.dtype)
+            if s is None and p.dtype.kind == "f":
+                s = scal[p.dtype] = scalars(p.dtype, b1, b2, step, eps_hat)
+            if not adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat, s):
                 _adam_update(p, g, m, v, b1, b2, step, eps_hat)
         self._sub.put_back(np, b1, step, eps_hat)
         if self.t % _SCAN_EVERY == 0:

@@ -175,15 +175,10 @@ def adam_path(opt) -> str:
         return "fused kernel"
     if opt.b.name != "numpy":
         return "array API"
-    import os
-
-    from ..compiled import adam_kernel
-    if not opt.compiled or os.environ.get("SCRATCHVAE_COMPILED", "1") == "0":
-        return "NumPy passes (compiled loop switched off)"
-    if adam_kernel() is None:
-        return "NumPy passes (numba not installed)"
-    import numba
-    return f"compiled loop (numba {numba.__version__})"
+    from ..compiled import adam_kernel, status
+    if opt.compiled and adam_kernel() is not None:
+        return f"compiled loop ({status()})"
+    return f"NumPy passes ({'compiled loop ' + status() if opt.compiled else 'opt.compiled off'})"
 
 
 def _threads(n):
