@@ -29,7 +29,8 @@ passes for the moment's half of the update: :func:`_adam_moment_exact` does its 
 float64, each result rounded to float32 at once -- the correctly rounded float32 result (53 >=
 2 x 24 + 2 bits, so the two roundings are one), and float32's subnormals are normal float64
 numbers.  Same bits whichever entries take that path (``tests/test_speed.py``); nothing is
-flushed to zero.
+flushed to zero.  The compiled loop does the same for the entries the scan lists, inside the
+loop (``compiled._adam_split``), with no NumPy gather and scatter.
 """
 from __future__ import annotations
 
@@ -109,8 +110,7 @@ class _Subnormals:
                     and all(a.flags.c_contiguous and a.dtype == np_.float32 for a in arrs)):
                 todo.append((idx, [a.reshape(-1) for a in arrs]))
         n = sum(idx.size for idx, _ in todo)
-        if self.buf is None or self.buf.shape[1] < n:
-            self.buf = np_.empty((5, n), dtype=np_.float32) if n else None
+        self.scratch(np_, n)
         a = 0
         for idx, flat in todo:
             for row, f in zip(self.buf[:3], flat[:3]):          # p, g, m
@@ -118,6 +118,12 @@ class _Subnormals:
             flat[2][idx] = 0
             a += idx.size
         self.todo = todo
+
+    def scratch(self, np_, n):
+        """``buf``, float32 (5, >= n), grown when needed (kept across steps)."""
+        if n and (self.buf is None or self.buf.shape[1] < n):
+            self.buf = np_.empty((5, n), dtype=np_.float32)
+        return self.buf
 
     def put_back(self, np_, b1, step, eps_hat):
         """After the passes: their d = v ** 0.5 + eps_hat in float32 (v from the passes), the
@@ -233,21 +239,21 @@ class Adam:
     def _step_compiled(self, kernel, params, grads, keys, b1, b2, step, eps_hat):
         """:meth:`step` as one compiled loop per array (``scratchvae/compiled.py``: the same
         operations, the same bits); an array it cannot take (not contiguous, mixed dtypes) gets
-        the reference update.  Near-subnormal first moments leave the loop as they leave the
-        passes (x86 is as slow on them compiled)."""
+        the reference update.  The entries the last scan found near the subnormal range are
+        updated inside the loop in float64 (x86 is as slow on subnormals compiled)."""
         import numpy as np
 
         from .compiled import adam_update_, scalars
-        self._sub.take_out(np, keys, params, grads, self.m, self.v)    # float32 arrays only
-        scal = {}                                                      # per dtype, this step
+        scal, near = {}, self._sub.idx                                 # per dtype, this step
         for k in keys:
             p, g, m, v = params[k], grads[k], self.m[k], self.v[k]
             s = scal.get(p.dtype)
             if s is None and p.dtype.kind == "f":
                 s = scal[p.dtype] = scalars(p.dtype, b1, b2, step, eps_hat)
-            if not adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat, s):
+            idx = near.get(k)
+            buf = self._sub.scratch(np, idx.size) if idx is not None else None
+            if not adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat, s, idx, buf):
                 _adam_update(p, g, m, v, b1, b2, step, eps_hat)
-        self._sub.put_back(np, b1, step, eps_hat)
         if self.t % _SCAN_EVERY == 0:
             if self._scratch is None or self._scratch.dtype != np.float32:
                 self._scratch = np.empty(_CHUNK, dtype=np.float32)

@@ -249,6 +249,54 @@ def test_compiled_adam_is_the_reference_update_bit_for_bit(dtype):
     assert ((ref[2] != 0) & (np.abs(ref[2]) < tiny)).mean() > 0.05  # the subnormal range met
 
 
+@pytest.mark.parametrize("pattern", ["scattered", "runs", "all", "one"])
+def test_compiled_adam_with_listed_entries_is_the_reference_bit_for_bit(pattern):
+    """The float32 loop with entries listed for the float64 path (``Kernel.split``): any set of
+    entries -- subnormal or not, single or in runs, all of them -- gives the reference's bits,
+    and the gradient is left as it was."""
+    _needs("compiled")
+    kernel = compiled.adam_kernel()
+    rng = np.random.default_rng(13)
+    n = 20_000
+    ref = [_mixed(rng, n) for _ in range(3)]
+    ref.insert(3, np.abs(_mixed(rng, n)))                           # p, g, m, v
+    new = [a.copy() for a in ref]
+    idx = {"scattered": np.flatnonzero(rng.random(n) < 0.2),
+           "runs": np.flatnonzero((np.arange(n) // 37) % 3 == 0),
+           "all": np.arange(n), "one": np.array([n - 1])}[pattern]
+    for t in range(1, 6):
+        ref[1][...] = new[1][...] = _mixed(rng, n)
+        g = new[1].copy()
+        optim._adam_update(*ref, 0.9, 0.999, 1e-3 * t, 7e-9)
+        assert compiled.adam_update_(kernel, *new, 0.9, 0.999, 1e-3 * t, 7e-9, idx=idx)
+        assert np.array_equal(new[1].view("u4"), g.view("u4"))
+        for r, n_ in zip(ref, new):
+            assert np.array_equal(r.view("u4"), n_.view("u4"))
+
+
+def test_the_listed_entries_are_computed_in_float64():
+    """What makes the listed entries fast: LLVM would shrink a float64 operation on values it
+    can prove came from float32 back to float32 (same bits, subnormal speed); the wide loop's
+    divisions and square roots must stay double precision (x86-64 machine code)."""
+    import platform
+    import re
+    _needs("compiled")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("checks x86-64 instructions")
+    from numba import njit
+    a = np.ones(4, np.float32)
+    asm = {}
+    for name in ("_adam", "_adam_wide"):          # compiled afresh (numba shows no cached code)
+        fn = njit(**compiled.JIT)(getattr(compiled, name))
+        fn(a, a.copy(), a.copy(), a.copy(), *(np.float32(0.5),) * 6, np.uint64(0), np.uint64(4),
+           *((1.0,) if name == "_adam_wide" else ()))
+        asm[name] = "\n".join(fn.inspect_asm().values())
+    assert re.search(r"\bv?div[ps]d\b", asm["_adam_wide"])
+    assert re.search(r"\bv?sqrt[ps]d\b", asm["_adam_wide"])
+    assert re.search(r"\bv?div[ps]s\b", asm["_adam"])                # the check can fail:
+    assert not re.search(r"\bv?div[ps]d\b", asm["_adam"])            # the float32 loop
+
+
 def test_the_bit_comparison_sees_one_rounding_less():
     """What the comparison above guards against: m = b1 m + (1 - b1) g rounded once (as an
     FMA, or a float64 loop, would) instead of after each operation differs from the reference
