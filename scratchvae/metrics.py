@@ -16,18 +16,26 @@ import math
 
 import numpy as np
 
+_ROWS = 2048   # decoder rows per call in iwae_metrics: (2048, D) activations
+
 
 def iwae_metrics(model, params, X, *, k: int = 100, batch: int = 256, rng_tag="eval") -> dict:
     """ELBO, importance-weighted log-likelihood, reconstruction and KL on device data ``X``."""
     b, xp = model.b, model.b.xp
     N = X.shape[0]
     sums = {"iwae_ll": 0.0, "elbo": 0.0, "recon": 0.0, "recon_mse": 0.0}
-    # keep k * batch rows of decoder work per call
+    # the noise is drawn per batch of bs rows (k * bs <= 16384); the decoder then runs on at
+    # most _ROWS of its k * bs rows at a time, a slice of the k samples (each sample's weights
+    # depend on that sample alone), so memory stays small whatever k
     bs = max(1, min(batch, 16384 // max(1, k)))
     for i in range(0, N, bs):
         xb = X[i:min(i + bs, N), ...]   # the array API rejects out-of-range slice stops
         eps = model.sample_noise(b.rng(rng_tag, i), xb.shape[0], S=k)["eps"]
-        logw, ll = model.log_weights(params, xb, eps)                    # (k, B)
+        ss = max(1, _ROWS // xb.shape[0])
+        parts = [model.log_weights(params, xb, eps[s:min(s + ss, k), ...])
+                 for s in range(0, k, ss)]
+        logw = xp.concat([w for w, _ in parts], axis=0)                   # (k, B)
+        ll = xp.concat([x for _, x in parts], axis=0)
         iw = b.logsumexp(logw, axis=0) - math.log(k)
         post, _ = model.encode(params, xb)
         mean = model.decode_mean(params, post.mu)

@@ -287,3 +287,22 @@ def test_elbo_below_iwae(b64):
     loss_elbo = -float(m.loss(params, x, noise)) * 1.0        # mean over the 3 examples
     se = logw.mean(1).std() / np.sqrt(k)
     assert abs(loss_elbo - elbo_mc.mean()) < 5 * max(se, 1e-3), (loss_elbo, elbo_mc.mean())
+
+
+@pytest.mark.parametrize("rows", [1, 7, 10 ** 9])
+def test_iwae_metrics_do_not_depend_on_how_the_samples_are_sliced(b64, rows, monkeypatch):
+    """iwae_metrics runs the decoder on a slice of the k samples at a time (memory): one sample
+    per call, uneven slices, or all at once give the same scores; a mix-up of samples between
+    slices (each log w_s depends on its own sample only) would change them."""
+    from scratchvae import metrics
+
+    m = VAE(VAEConfig(D=6, latent_dim=2, hidden=(8,), likelihood="bernoulli"), b64)
+    params = m.init_params(b64.rng("sl"))
+    x = b64.asarray((np.random.default_rng(0).random((50, 6)) < 0.5).astype(float))
+    ref = metrics.iwae_metrics(m, params, x, k=30, batch=16)
+    monkeypatch.setattr(metrics, "_ROWS", rows)
+    got = metrics.iwae_metrics(m, params, x, k=30, batch=16)
+    assert got.keys() == ref.keys()
+    for key in ref:
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-13, atol=0, err_msg=key)
+    assert metrics.iwae_metrics(m, params, x, k=29, batch=16)["iwae_ll"] != ref["iwae_ll"]
