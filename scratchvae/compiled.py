@@ -122,7 +122,8 @@ def _build():
         try:
             jit = njit(cache=cache, **JIT)
             update, wide = jit(_adam), jit(_adam_wide)
-            k = Kernel(update, wide, jit(_make_split(update, wide)))
+            checked = njit(cache=cache, boundscheck=True, **JIT)   # idx: an IndexError, never
+            k = Kernel(update, wide, checked(_make_split(update, wide)))  # a write outside p
             for dt in (np.float32, np.float64):
                 a = np.zeros(2, dt)
                 k.update(a, a.copy(), a.copy(), a.copy(), *(dt(0.5),) * 6, *_UINT[:2])

@@ -3,7 +3,9 @@ MNIST subset (``data/mnist5k``, written by ``scripts/mnist5k_to_idx.py``), 14 co
 shifted by a random (dy, dx) in [-2, 2]^2.  Prints the seconds of each phase, then one JSON line
 (totals, the partition's and the GMVAE's training ACC, their agreement) and the per-epoch trails.
 
-    OPENBLAS_NUM_THREADS=1 python scripts/scale_70k.py
+    OPENBLAS_NUM_THREADS=1 python scripts/scale_70k.py [OPTION=VALUE ...]
+
+OPTION=VALUE pairs are GMVAE options (e.g. ``latent_dim=20``), as in ``scripts/other_data.py``.
 """
 import sys, time, json, numpy as np, warnings
 from pathlib import Path
@@ -39,7 +41,10 @@ C.knn_graph = timed("knn graphs", C.knn_graph)
 C.overclustered_partition = timed("eigenvectors + k-means + merges", C.overclustered_partition)
 C.graph_partition = timed("graph partition (all)", C.graph_partition)
 t = time.perf_counter()
-g = GMVAE(random_state=0).fit(X, y)
+d = GMVAE().options
+kw = {k: type(getattr(d, k))(v) for k, v in (a.split("=", 1) for a in sys.argv[1:])}
+print("options", kw, flush=True)
+g = GMVAE(random_state=0, **kw).fit(X, y)
 total = time.perf_counter() - t
 hook = sum(1 for _ in g.history_)
 print(json.dumps({"total_s": round(total, 1), "recipe_s": round(g.fit_info_["recipe_seconds"], 1),

@@ -274,6 +274,17 @@ def test_compiled_adam_with_listed_entries_is_the_reference_bit_for_bit(pattern)
             assert np.array_equal(r.view("u4"), n_.view("u4"))
 
 
+def test_a_listed_index_outside_the_array_raises():
+    """The list's contract (sorted, in range) is the scan's; a list breaking it gets an
+    IndexError from the bounds-checked loop, never a write outside the arrays."""
+    _needs("compiled")
+    kernel = compiled.adam_kernel()
+    p, g, m, v = (np.ones(10, np.float32) for _ in range(4))
+    with pytest.raises(IndexError):
+        compiled.adam_update_(kernel, p, g, m, v, 0.9, 0.999, 1e-3, 1e-8,
+                              idx=np.array([5, 10 ** 9, 3]))
+
+
 def test_the_listed_entries_are_computed_in_float64():
     """What makes the listed entries fast: LLVM would shrink a float64 operation on values it
     can prove came from float32 back to float32 (same bits, subnormal speed); the wide loop's
