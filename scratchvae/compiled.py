@@ -90,12 +90,16 @@ def _adam_wide(p, g, m, v, b1, c1, b2, c2, step, eps_hat, s, e, one):
 
 def _make_split(update, wide):
     def _adam_split(p, g, m, v, idx, buf, b1, c1, b2, c2, step, eps_hat, one):
-        """The update of float32 flat arrays with the entries ``idx`` (distinct, in range) by
+        """The update of float32 flat arrays with the entries ``idx`` (in range, else an
+        IndexError before anything is written; a repeated index is harmless) by
         :func:`_adam_wide`: they are copied into ``buf`` (4 rows of >= idx.size) and set to
         harmless values (m = g = 0, v = 1) for :func:`_adam` over the whole array, updated
         there, and written back -- two vectorised loops whatever the pattern of the indices."""
         u = np.uint64
         n = idx.size
+        for j in range(n):                       # nothing is touched unless every index is in
+            if idx[j] < 0 or idx[j] >= p.size:   # range (a negative one would wrap around)
+                raise IndexError("an index of the list is outside the array")
         P, G, M, V = buf[0], buf[1], buf[2], buf[3]
         for j in range(n):
             i = idx[j]
@@ -103,8 +107,8 @@ def _make_split(update, wide):
             g[i], m[i], v[i] = 0, 0, 1
         update(p, g, m, v, b1, c1, b2, c2, step, eps_hat, u(0), u(p.size))
         wide(P, G, M, V, b1, c1, b2, c2, step, eps_hat, u(0), u(n), one)
-        for j in range(n):
-            i = idx[j]
+        for j in range(n - 1, -1, -1):           # backwards: of a repeated index, the first
+            i = idx[j]                           # copy (the true values) is written last
             p[i], g[i], m[i], v[i] = P[j], G[j], M[j], V[j]
     return _adam_split
 
@@ -122,8 +126,7 @@ def _build():
         try:
             jit = njit(cache=cache, **JIT)
             update, wide = jit(_adam), jit(_adam_wide)
-            checked = njit(cache=cache, boundscheck=True, **JIT)   # idx: an IndexError, never
-            k = Kernel(update, wide, checked(_make_split(update, wide)))  # a write outside p
+            k = Kernel(update, wide, jit(_make_split(update, wide)))
             for dt in (np.float32, np.float64):
                 a = np.zeros(2, dt)
                 k.update(a, a.copy(), a.copy(), a.copy(), *(dt(0.5),) * 6, *_UINT[:2])

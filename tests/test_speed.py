@@ -274,15 +274,25 @@ def test_compiled_adam_with_listed_entries_is_the_reference_bit_for_bit(pattern)
             assert np.array_equal(r.view("u4"), n_.view("u4"))
 
 
-def test_a_listed_index_outside_the_array_raises():
-    """The list's contract (sorted, in range) is the scan's; a list breaking it gets an
-    IndexError from the bounds-checked loop, never a write outside the arrays."""
+@pytest.mark.parametrize("idx", [[5, 10 ** 9, 3], [5, -1], [3, 3, 7, 3]])
+def test_a_broken_list_raises_before_writing_or_is_harmless(idx):
+    """The list's contract (sorted, distinct, in range) is the scan's; an index outside the
+    array gets an IndexError before anything is written (a negative one does not wrap), and a
+    repeated index gives the reference's bits."""
     _needs("compiled")
     kernel = compiled.adam_kernel()
-    p, g, m, v = (np.ones(10, np.float32) for _ in range(4))
-    with pytest.raises(IndexError):
-        compiled.adam_update_(kernel, p, g, m, v, 0.9, 0.999, 1e-3, 1e-8,
-                              idx=np.array([5, 10 ** 9, 3]))
+    rng = np.random.default_rng(3)
+    ref = [rng.standard_normal(10).astype(np.float32) for _ in range(4)]
+    ref[3] = np.abs(ref[3])
+    new = [a.copy() for a in ref]
+    if max(idx) >= 10 or min(idx) < 0:
+        with pytest.raises(IndexError):
+            compiled.adam_update_(kernel, *new, 0.9, 0.999, 1e-3, 1e-8, idx=np.array(idx))
+    else:
+        compiled.adam_update_(kernel, *new, 0.9, 0.999, 1e-3, 1e-8, idx=np.array(idx))
+        optim._adam_update(*ref, 0.9, 0.999, 1e-3, 1e-8)
+    for r, n_ in zip(ref, new):
+        assert np.array_equal(r, n_)
 
 
 def test_the_listed_entries_are_computed_in_float64():
@@ -296,16 +306,17 @@ def test_the_listed_entries_are_computed_in_float64():
         pytest.skip("checks x86-64 instructions")
     from numba import njit
     a = np.ones(4, np.float32)
-    asm = {}
-    for name in ("_adam", "_adam_wide"):          # compiled afresh (numba shows no cached code)
-        fn = njit(**compiled.JIT)(getattr(compiled, name))
-        fn(a, a.copy(), a.copy(), a.copy(), *(np.float32(0.5),) * 6, np.uint64(0), np.uint64(4),
-           *((1.0,) if name == "_adam_wide" else ()))
-        asm[name] = "\n".join(fn.inspect_asm().values())
-    assert re.search(r"\bv?div[ps]d\b", asm["_adam_wide"])
-    assert re.search(r"\bv?sqrt[ps]d\b", asm["_adam_wide"])
+    args = (a, a.copy(), a.copy(), a.copy(), *(np.float32(0.5),) * 6)
+    fresh = {n: njit(**compiled.JIT)(getattr(compiled, n)) for n in ("_adam", "_adam_wide")}
+    fresh["_adam"](*args, np.uint64(0), np.uint64(4))           # (numba shows no cached code)
+    split = njit(**compiled.JIT)(compiled._make_split(fresh["_adam"], fresh["_adam_wide"]))
+    split(*args[:4], np.array([1, 2]), np.zeros((4, 2), np.float32), *args[4:], 1.0)
+    asm = {"split": "\n".join(split.inspect_asm().values()),
+           "_adam": "\n".join(fresh["_adam"].inspect_asm().values())}
+    for op in ("mul", "div", "sqrt"):                 # the loop that runs: double precision
+        assert re.search(rf"\bv?{op}[ps]d\b", asm["split"]), op
     assert re.search(r"\bv?div[ps]s\b", asm["_adam"])                # the check can fail:
-    assert not re.search(r"\bv?div[ps]d\b", asm["_adam"])            # the float32 loop
+    assert not re.search(r"\bv?(div|mul|sqrt)[ps]d\b", asm["_adam"])  # the float32 loop
 
 
 def test_the_bit_comparison_sees_one_rounding_less():
