@@ -18,19 +18,17 @@ survives may differ (LLVM may commute the operands).
 ``error_model="numpy"`` drops Python's check of every division for a zero divisor (a branch
 that stops the loop from being vectorised; ``sqrt(v) + eps_hat`` is never 0).
 
-Subnormals.  x86 multiplies and divides float32 subnormals many times slower than normal numbers, and
-a dead unit's first moment sits there (``scratchvae/optim.py``).  The entries the optimiser's
-scan lists go through :func:`_adam_split`: copied out, updated by :func:`_adam_wide` (each
-multiplication, division and square root in float64, rounded to float32 at once -- the same
-bits, all operands normal), and written back; the rest of the array meanwhile runs the ordinary
-loop with those entries set to harmless values.  On the GMVAE recipe (MNIST subset) this made
-the whole run 0.96x of the NumPy gather-and-scatter it replaced (54.6 / 54.8 s against
-57.0 / 56.4 s, one thread).
+Subnormals.  x86 multiplies and divides float32 subnormals many times slower than normal
+numbers, and a dead unit's first moment sits there (``scratchvae/optim.py``).  The entries the
+optimiser's scan lists go through :func:`_adam_split`: copied out, updated by :func:`_adam_wide`
+(each multiplication, division and square root in float64, rounded to float32 at once -- the
+same bits, all operands normal), and written back; the rest of the array meanwhile runs the
+ordinary loop with those entries set to harmless values.  On the GMVAE recipe (MNIST subset, one
+thread, 3 runs each, the same metrics) the whole run took 55.9 / 55.2 / 55.4 s against
+57.5 / 59.3 / 59.2 s with the NumPy gather and scatter it replaced.
 
-numba is optional (``pip install -e ".[fast]"``; the test extra has it): without it, or with
-``SCRATCHVAE_COMPILED=0`` in the environment, :func:`adam_kernel` returns None and Adam runs
-its NumPy passes, with the same bits.  It is a compiler for plain Python loops, not an autograd
-library: every gradient here is still written out by hand.
+Short runs keep the NumPy passes (:func:`pays`): importing numba and loading the loop cost
+~0.5 s and ~100 MiB, which a few hundred million parameter updates repay.
 """
 from __future__ import annotations
 
@@ -157,6 +155,17 @@ def status() -> str:
         return "numba not installed (or not working)"
     import numba
     return f"numba {numba.__version__}"
+
+
+PAYS = 4e8   # parameter updates (parameters x steps) from which loading the loop pays off:
+#              importing numba and loading the cached loop take ~0.5 s (and ~100 MiB), the loop
+#              saves ~1.3 ns per parameter update (7.6 -> 3.1 ms per 3.35 M, adam_floor.py)
+
+
+def pays(params: dict, steps: int) -> bool:
+    """Whether a run of ``steps`` Adam steps on ``params`` is long enough for the compiled
+    loop to repay its loading (a short run keeps the NumPy passes: the same bits)."""
+    return sum(int(getattr(v, "size", 0)) for v in params.values()) * steps >= PAYS
 
 
 def scalars(dtype, b1, b2, step, eps_hat) -> tuple:

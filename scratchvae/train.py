@@ -100,7 +100,10 @@ def _fit(model, params, X, tcfg: TrainConfig, *, opt=None, step: int = 0, histor
     B = min(tcfg.batch_size, N)
     steps_per_epoch = math.ceil(N / B)
     total = tcfg.epochs * steps_per_epoch
-    opt = Adam(b, params, lr=tcfg.lr) if opt is None else opt
+    if opt is None:
+        from .compiled import pays
+        opt = Adam(b, params, lr=tcfg.lr)
+        opt.compiled = opt.compiled and pays(params, total - step)   # short runs: no numba
     history = [] if history is None else history
     bar = progress_bar(total - step, desc, progress, tcfg.epochs)
     first = None                                 # this call's first step loss (the reference)

@@ -351,6 +351,29 @@ def test_adam_runs_the_compiled_loop_and_can_be_told_not_to(monkeypatch):
     assert len(calls) == 2
 
 
+def test_fit_loads_the_compiled_loop_only_where_it_pays(monkeypatch):
+    """fit's own optimiser takes the compiled loop when parameters x steps reach
+    ``compiled.PAYS`` and the NumPy passes below it -- the same parameters either way."""
+    _needs("compiled")
+    out = {}
+    for pays in (0, float("inf")):
+        monkeypatch.setattr(compiled, "PAYS", pays)
+        b = Backend("numpy", "float32", seed=3)
+        model = MODELS["vae"](b)
+        X = b.asarray((np.random.default_rng(0).random((37, D)) < 0.3).astype(np.float32))
+        params = model.init_params(b.rng("init"))
+        params, opt, _, _ = fit(model, params, X, TrainConfig(epochs=2, batch_size=16),
+                                progress=False)
+        out[pays] = params, opt.compiled
+    assert out[0][1] is True and out[float("inf")][1] is False
+    monkeypatch.setattr(compiled, "PAYS", 1e6)
+    n = sum(v.size for v in out[0][0].values())
+    assert compiled.pays(out[0][0], -(-10 ** 6 // n))              # n x steps >= 1e6
+    assert not compiled.pays(out[0][0], 10 ** 6 // n - 1)
+    for k in out[0][0]:
+        assert np.array_equal(out[0][0][k], out[float("inf")][0][k]), k
+
+
 def test_compiled_adam_leaves_what_it_cannot_take_to_the_reference():
     """A gradient of another shape (the loop would read past its end), a read-only or
     big-endian array: the compiled update declines and the reference runs -- which raises for
