@@ -89,10 +89,11 @@ def _adam_wide(p, g, m, v, b1, c1, b2, c2, step, eps_hat, s, e, one):
 def _make_split(update, wide):
     def _adam_split(p, g, m, v, idx, buf, b1, c1, b2, c2, step, eps_hat, one):
         """The update of float32 flat arrays with the entries ``idx`` (in range, else an
-        IndexError before anything is written; a repeated index is harmless) by
-        :func:`_adam_wide`: they are copied into ``buf`` (4 rows of >= idx.size) and set to
-        harmless values (m = g = 0, v = 1) for :func:`_adam` over the whole array, updated
-        there, and written back -- two vectorised loops whatever the pattern of the indices."""
+        IndexError before anything is written; a repeated index is harmless) done in float64:
+        they are copied into ``buf`` (4 rows of >= idx.size) and set to
+        harmless values (m = g = 0, v = 1) for :func:`_adam` over the whole array, updated in
+        ``buf`` by :func:`_adam_wide`, and written back (g restored) -- two vectorised loops
+        whatever the pattern of the indices."""
         u = np.uint64
         n = idx.size
         for j in range(n):                       # nothing is touched unless every index is in
