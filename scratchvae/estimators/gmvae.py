@@ -64,6 +64,11 @@ class GMVAE(ClusterMixin, VAE):
                           "(bundled digits, 3 seeds: ACC 0.75 against 0.88 with bernoulli); use "
                           "likelihood='bernoulli' (--likelihood bernoulli) for [0, 1] data, and "
                           "gaussian for standardised real-valued features", stacklevel=4)
+        D = int(np.prod(Xh.shape[1:]))
+        if o.latent_dim > D and o.latent_dim != d.latent_dim:             # the default: quietly
+            warnings.warn(f"latent_dim={o.latent_dim} is more than the {D} features: the code "
+                          f"gets {D} dimensions (a code wider than its input is no compression; "
+                          "metrics.json records latent_dim_used)", stacklevel=4)
         if o.init == "graph" and "graph_k" in chosen and o.graph_k >= n:   # the default is clipped
             raise UsageError(f"graph_k={o.graph_k} (--graph-k) needs more than {o.graph_k} "
                              f"training rows ({n} here); use a smaller graph_k")
@@ -84,6 +89,7 @@ class GMVAE(ClusterMixin, VAE):
                 from ..metrics import cluster_acc
 
                 rep["partition_acc"] = cluster_acc(y, part)
+        rep["latent_dim_used"] = int(self.model_.J)  # at most the features (model_config)
         self.fit_info_ = rep
 
     def _new_hook(self, Xd, y):
