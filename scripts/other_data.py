@@ -71,7 +71,8 @@ def main(argv):
     name, seed = argv[0], int(argv[1])
     X, y, Xt, yt, lik, K = get(name)
     d = GMVAE().options
-    kw = {k: type(getattr(d, k))(v) for k, v in (a.split("=", 1) for a in argv[2:])}
+    kw = {k: (tuple(int(t) for t in v.split(",")) if isinstance(getattr(d, k), tuple)
+              else type(getattr(d, k))(v)) for k, v in (a.split("=", 1) for a in argv[2:])}
     t = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
