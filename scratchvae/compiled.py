@@ -40,16 +40,13 @@ import numpy as np
 _KERNEL = []    # [] not tried yet; [None] unavailable; [Kernel] compiled (lazily, on first use)
 
 
-_UINT = (np.uint64(0), np.uint64(2))
 JIT = {"nogil": True, "error_model": "numpy"}   # numba.njit's options for every loop here
 
 
 class Kernel(NamedTuple):
-    """The compiled loops: ``update`` (:func:`_adam`, any float dtype), ``wide``
-    (:func:`_adam_wide`) and ``split`` (:func:`_adam_split`: float32, with the entries near
-    the subnormal range given)."""
+    """The compiled loops: ``update`` (:func:`_adam`, any float dtype) and ``split``
+    (:func:`_adam_split`: float32, with the entries near the subnormal range given)."""
     update: Callable
-    wide: Callable
     split: Callable
 
 
@@ -125,10 +122,11 @@ def _build():
         try:
             jit = njit(cache=cache, **JIT)
             update, wide = jit(_adam), jit(_adam_wide)
-            k = Kernel(update, wide, jit(_make_split(update, wide)))
+            k = Kernel(update, jit(_make_split(update, wide)))
             for dt in (np.float32, np.float64):
                 a = np.zeros(2, dt)
-                k.update(a, a.copy(), a.copy(), a.copy(), *(dt(0.5),) * 6, *_UINT[:2])
+                k.update(a, a.copy(), a.copy(), a.copy(), *(dt(0.5),) * 6, np.uint64(0),
+                         np.uint64(2))
             a = np.zeros(2, np.float32)
             k.split(a, a.copy(), a.copy(), a.copy(), np.zeros(1, np.intp),
                     np.zeros((4, 1), np.float32), *(np.float32(0.5),) * 6, 1.0)
@@ -201,5 +199,5 @@ def adam_update_(kernel, p, g, m, v, b1, b2, step, eps_hat, scal=None, idx=None,
             buf = np.empty((4, idx.size), t)
         kernel.split(*flat, idx, buf, *scal, 1.0)
     else:
-        kernel.update(*flat, *scal, _UINT[0], np.uint64(p.size))
+        kernel.update(*flat, *scal, np.uint64(0), np.uint64(p.size))
     return True
