@@ -24,6 +24,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def gmvae_options(pairs) -> dict:
+    """GMVAE options from OPTION=VALUE strings, each parsed as its default's type (a tuple as
+    comma-separated integers, a bool as true/false)."""
+    from scratchvae import GMVAE
+
+    d, out = GMVAE().options, {}
+    for k, v in (a.split("=", 1) for a in pairs):
+        t = getattr(d, k)
+        out[k] = (tuple(int(x) for x in v.split(",")) if isinstance(t, tuple)
+                  else v.lower() in ("1", "true", "yes") if isinstance(t, bool) else type(t)(v))
+    return out
+
+
 def get(name):
     """(X_train, y_train, X_test, y_test, likelihood, K)."""
     from sklearn import datasets
@@ -70,9 +83,7 @@ def main(argv):
 
     name, seed = argv[0], int(argv[1])
     X, y, Xt, yt, lik, K = get(name)
-    d = GMVAE().options
-    kw = {k: (tuple(int(t) for t in v.split(",")) if isinstance(getattr(d, k), tuple)
-              else type(getattr(d, k))(v)) for k, v in (a.split("=", 1) for a in argv[2:])}
+    kw = gmvae_options(argv[2:])
     t = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

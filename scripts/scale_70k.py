@@ -41,9 +41,8 @@ C.knn_graph = timed("knn graphs", C.knn_graph)
 C.overclustered_partition = timed("eigenvectors + k-means + merges", C.overclustered_partition)
 C.graph_partition = timed("graph partition (all)", C.graph_partition)
 t = time.perf_counter()
-d = GMVAE().options
-kw = {k: (tuple(int(t) for t in v.split(",")) if isinstance(getattr(d, k), tuple)
-          else type(getattr(d, k))(v)) for k, v in (a.split("=", 1) for a in sys.argv[1:])}
+from other_data import gmvae_options   # noqa: E402 (this folder is on sys.path)
+kw = gmvae_options(sys.argv[1:])
 print("options", kw, flush=True)
 g = GMVAE(random_state=0, **kw).fit(X, y)
 total = time.perf_counter() - t
